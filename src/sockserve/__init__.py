@@ -1,0 +1,39 @@
+"""sockserve: Python's socketserver model, made ready for production.
+
+``import sockserve as socketserver`` works: every public name of the stdlib module is
+here with the same behaviour (see docs/compatibility.md for the deliberate fixes).
+"""
+
+from __future__ import annotations
+
+import os as _os
+import socket as _socket
+
+from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
+from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
+from ._server import BaseServer, TCPServer, UDPServer
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BaseServer", "TCPServer", "UDPServer",
+    "ThreadingUDPServer", "ThreadingTCPServer",
+    "BaseRequestHandler", "StreamRequestHandler",
+    "DatagramRequestHandler", "ThreadingMixIn",
+]
+
+if hasattr(_os, "fork"):
+    from ._mixins import ForkingMixIn, ForkingTCPServer, ForkingUDPServer
+
+    __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
+
+if hasattr(_socket, "AF_UNIX"):
+    from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
+    from ._server import UnixDatagramServer, UnixStreamServer
+
+    __all__ += ["UnixStreamServer", "UnixDatagramServer",
+                "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer"]
+    if hasattr(_os, "fork"):
+        from ._mixins import ForkingUnixDatagramServer, ForkingUnixStreamServer
+
+        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]

@@ -1,0 +1,113 @@
+"""Request handlers: one instance per request, ``setup() → handle() → finish()``.
+
+Same attributes, defaults and call order as the stdlib's handlers.
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+from typing import Any
+
+
+class BaseRequestHandler:
+    """Base class for request handlers; subclasses define ``handle()``.
+
+    The constructor stores ``request``, ``client_address`` and ``server``, then runs
+    ``setup()``, ``handle()`` and ``finish()``.  ``finish()`` runs even when
+    ``handle()`` raises, but not when ``setup()`` does.
+    """
+
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self.setup()
+        try:
+            self.handle()
+        finally:
+            self.finish()
+
+    def setup(self) -> None:
+        """Prepare for ``handle()``; does nothing by default."""
+
+    def handle(self) -> None:
+        """Serve the request; does nothing by default."""
+
+    def finish(self) -> None:
+        """Clean up after ``handle()``; does nothing by default."""
+
+
+class StreamRequestHandler(BaseRequestHandler):
+    """Gives ``handle()`` file objects over the connection: ``rfile`` and ``wfile``."""
+
+    # rfile is buffered, or reading a line would cost one recv() per byte; wfile is
+    # unbuffered by default, so a reply is on the wire as soon as write() returns.
+    rbufsize = -1
+    wbufsize = 0
+
+    # Applied to the connection with settimeout() when not None.
+    timeout: float | None = None
+
+    # Set TCP_NODELAY; worth it only with a buffered wfile (wbufsize != 0), which
+    # already coalesces small writes.
+    disable_nagle_algorithm = False
+
+    def setup(self) -> None:
+        self.connection = self.request
+        if self.timeout is not None:
+            self.connection.settimeout(self.timeout)
+        if self.disable_nagle_algorithm:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.rfile = self.connection.makefile("rb", self.rbufsize)
+        if self.wbufsize == 0:
+            self.wfile: io.BufferedIOBase = _SocketWriter(self.connection)
+        else:
+            self.wfile = self.connection.makefile("wb", self.wbufsize)
+
+    def finish(self) -> None:
+        if not self.wfile.closed:
+            try:
+                self.wfile.flush()
+            except OSError:
+                pass  # the peer is gone (e.g. ECONNABORTED); nothing left to deliver
+        self.wfile.close()
+        self.rfile.close()
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """A writable file that sends each ``write()`` whole, holding nothing back.
+
+    ``socket.makefile('wb', 0)`` would give a raw file whose ``write()`` may send only
+    part of the data; ``sendall()`` sends it all, so no ``flush()`` is ever needed.
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self._sock.sendall(b)
+        with memoryview(b) as view:
+            return view.nbytes
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+class DatagramRequestHandler(BaseRequestHandler):
+    """Gives ``handle()`` the packet as ``rfile`` and collects the reply in ``wfile``.
+
+    The reply is sent to the client in ``finish()``, as one datagram (an empty one if
+    nothing was written, as in the stdlib).
+    """
+
+    def setup(self) -> None:
+        self.packet, self.socket = self.request
+        self.rfile = io.BytesIO(self.packet)
+        self.wfile = io.BytesIO()
+
+    def finish(self) -> None:
+        self.socket.sendto(self.wfile.getvalue(), self.client_address)

@@ -1,0 +1,226 @@
+"""Concurrency mix-ins (a thread or a process per request) and the ready-made servers.
+
+A mix-in must come before the server class in the bases, as in the stdlib:
+``class S(ThreadingMixIn, TCPServer)``.  Written the other way round the stdlib silently
+serves one request at a time; here defining such a class warns.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import warnings
+from typing import Any
+
+from ._server import BaseServer, TCPServer, UDPServer
+
+
+class _ConcurrencyMixIn:
+    """Warns when a subclass lists the mix-in after the server class (a silent no-op)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "process_request", None) is BaseServer.process_request:
+            warnings.warn(
+                f"{cls.__qualname__} lists its concurrency mix-in after the server class, "
+                "so the mix-in's process_request() is never used and requests are served "
+                "one at a time; put the mix-in first",
+                RuntimeWarning, stacklevel=3,
+            )
+
+
+if hasattr(os, "fork"):
+
+    class ForkingMixIn(_ConcurrencyMixIn):
+        """Serve each request in a new child process (``os.fork()``).
+
+        At most ``max_children`` children run at once; the loop reaps exited children
+        after every request and every ``timeout`` seconds, so none stays a zombie.
+        """
+
+        timeout: float | None = 300
+        active_children: set[int] | None = None
+        max_children = 40
+        # If true, server_close() waits until all child processes complete.
+        block_on_close = True
+
+        def collect_children(self, *, blocking: bool = False) -> None:
+            """Reap exited children; above ``max_children``, wait until one exits."""
+            if self.active_children is None:
+                return
+            # Over the limit, waitpid(-1) reaps any exited child in one call per child;
+            # it may reap a child we did not fork, so only do it when we must.
+            while len(self.active_children) >= self.max_children:
+                try:
+                    pid, _ = os.waitpid(-1, 0)
+                    self.active_children.discard(pid)
+                except ChildProcessError:
+                    self.active_children.clear()  # no children left at all
+                except OSError:
+                    break
+            for pid in self.active_children.copy():
+                try:
+                    reaped, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
+                    self.active_children.discard(reaped)  # 0 (still running) is no member
+                except ChildProcessError:
+                    self.active_children.discard(pid)  # somebody else reaped it
+                except OSError:
+                    pass
+
+        def handle_timeout(self) -> None:
+            """Reap children after ``timeout`` seconds of inactivity."""
+            self.collect_children()
+
+        def service_actions(self) -> None:
+            """Reap children on every turn of ``serve_forever()``."""
+            self.collect_children()
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            """Fork; the child serves the request and exits, the parent closes its copy."""
+            pid = os.fork()
+            if pid:
+                if self.active_children is None:
+                    self.active_children = set()
+                self.active_children.add(pid)
+                self.close_request(request)
+                return
+            # The child must never return into the server loop: os._exit() in finally.
+            status = 1
+            try:
+                self.finish_request(request, client_address)
+                status = 0
+            except Exception:
+                self.handle_error(request, client_address)
+            finally:
+                try:
+                    self.shutdown_request(request)
+                finally:
+                    os._exit(status)
+
+        def server_close(self) -> None:
+            super().server_close()  # type: ignore[misc]
+            self.collect_children(blocking=self.block_on_close)
+
+
+class _RunningThreads:
+    """The non-daemon request threads still running, for server_close() to join.
+
+    Each thread removes itself when it ends, so a finished request leaves nothing
+    behind (the stdlib's list held finished threads until the next request came).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def append(self, thread: threading.Thread) -> None:
+        if not thread.daemon:
+            with self._lock:
+                self._threads.add(thread)
+
+    def discard(self, thread: threading.Thread) -> None:
+        with self._lock:
+            self._threads.discard(thread)
+
+    def join(self) -> None:
+        while True:
+            with self._lock:
+                if not self._threads:
+                    return
+                thread = self._threads.pop()
+            thread.join()
+
+    def __len__(self) -> int:
+        return len(self._threads)
+
+
+class _NoThreads:
+    """Stands in for _RunningThreads when ``block_on_close`` is false."""
+
+    def append(self, thread: threading.Thread) -> None:
+        pass
+
+    def discard(self, thread: threading.Thread) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return 0
+
+
+class ThreadingMixIn(_ConcurrencyMixIn):
+    """Serve each request in a new thread."""
+
+    # Daemon threads do not keep the process alive and are not joined on close.
+    daemon_threads = False
+    # If true, server_close() waits until all non-daemon threads terminate.
+    block_on_close = True
+    _threads: _RunningThreads | _NoThreads = _NoThreads()
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one request on the current thread, reporting errors via handle_error()."""
+        try:
+            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+        except Exception:
+            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+        finally:
+            try:
+                self.shutdown_request(request)  # type: ignore[attr-defined]
+            finally:
+                self._threads.discard(threading.current_thread())
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Start a thread that serves the request."""
+        if self.block_on_close:
+            vars(self).setdefault("_threads", _RunningThreads())
+        thread = threading.Thread(target=self.process_request_thread,
+                                  args=(request, client_address))
+        thread.daemon = self.daemon_threads
+        self._threads.append(thread)
+        try:
+            thread.start()
+        except BaseException:
+            self._threads.discard(thread)
+            raise
+
+    def server_close(self) -> None:
+        super().server_close()  # type: ignore[misc]
+        self._threads.join()
+
+
+if hasattr(os, "fork"):
+
+    class ForkingUDPServer(ForkingMixIn, UDPServer):
+        pass
+
+    class ForkingTCPServer(ForkingMixIn, TCPServer):
+        pass
+
+
+class ThreadingUDPServer(ThreadingMixIn, UDPServer):
+    pass
+
+
+class ThreadingTCPServer(ThreadingMixIn, TCPServer):
+    pass
+
+
+if hasattr(socket, "AF_UNIX"):
+    from ._server import UnixDatagramServer, UnixStreamServer
+
+    class ThreadingUnixStreamServer(ThreadingMixIn, UnixStreamServer):
+        pass
+
+    class ThreadingUnixDatagramServer(ThreadingMixIn, UnixDatagramServer):
+        pass
+
+    if hasattr(os, "fork"):
+
+        class ForkingUnixStreamServer(ForkingMixIn, UnixStreamServer):
+            pass
+
+        class ForkingUnixDatagramServer(ForkingMixIn, UnixDatagramServer):
+            pass

@@ -1,0 +1,357 @@
+"""The compatible core: BaseServer, TCPServer, UDPServer and the Unix-domain servers.
+
+Hook names, attributes, defaults and call order are the stdlib's (``socketserver`` in
+CPython 3.10-3.13).  What differs is listed in docs/compatibility.md; in short:
+``shutdown()`` wakes the loop at once and never deadlocks, no request is accepted once
+shutdown is requested, accept() back-off on descriptor exhaustion, errors go through
+``logging``, and Unix socket files are cleaned up.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import selectors
+import socket
+import threading
+import time
+from typing import Any
+
+from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
+from ._wakeup import SHUTDOWN, Waker
+
+logger = logging.getLogger("sockserve.server")
+
+# poll() needs no extra descriptor and one syscall per wait, like the stdlib's choice.
+_ServerSelector: type[selectors.BaseSelector] = getattr(
+    selectors, "PollSelector", selectors.SelectSelector
+)
+
+# accept() errors that mean the process or the system has run out of something.
+# The listening socket stays readable, so an immediate retry would spin the CPU:
+# log, back off, retry (trio waits 100 ms; asyncio pauses for 1 s).
+ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+ACCEPT_BACKOFF_FIRST = 0.1
+ACCEPT_BACKOFF_MAX = 1.0
+
+# accept()/recvfrom() errors that only concern one client, or a race with another
+# acceptor: skip them quietly, as the stdlib does (accept(2), "Error handling").
+ACCEPT_IGNORED_ERRNOS = frozenset(
+    {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO,
+     errno.ECONNRESET, errno.EPERM}
+)
+
+
+class BaseServer:
+    """Base class for server classes: the serving loop and the request hooks.
+
+    Methods for the caller: ``__init__``, ``serve_forever``, ``shutdown``,
+    ``handle_request``, ``server_close``, ``fileno``.  Methods that may be overridden:
+    ``server_bind``, ``server_activate``, ``get_request``, ``handle_timeout``,
+    ``verify_request``, ``process_request``, ``finish_request``, ``shutdown_request``,
+    ``close_request``, ``service_actions``, ``handle_error``.
+    """
+
+    timeout: float | None = None
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
+        self.server_address = server_address
+        self.RequestHandlerClass = RequestHandlerClass
+        # Set while no serve_forever() loop runs, so shutdown() never waits for a loop
+        # that does not exist (the stdlib starts it clear and deadlocks).
+        self.__is_shut_down = threading.Event()
+        self.__is_shut_down.set()
+        self.__shutdown_request = False
+        self.__loop_owner: tuple[int, int] | None = None  # (pid, thread id) of the loop
+        self.__waker: Waker | None = None
+        self.__accept_resume_at = 0.0
+        self.__accept_backoff = 0.0
+
+    # -- the loop ---------------------------------------------------------------
+
+    def server_activate(self) -> None:
+        """Called by the constructor to activate the server; may be overridden."""
+
+    def serve_forever(self, poll_interval: float | None = 0.5) -> None:
+        """Handle one request at a time until ``shutdown()``.
+
+        ``service_actions()`` runs every *poll_interval* seconds and after each request;
+        ``shutdown()`` wakes the loop immediately rather than after *poll_interval*.
+        Ignores ``self.timeout``.
+
+        Resource handling: a wake-up socketpair lives exactly as long as this call.
+        """
+        self.__is_shut_down.clear()
+        try:
+            # A shutdown() that came before the loop started ends it before it touches
+            # the socket, which the caller may already have closed.
+            if self.__shutdown_request:
+                return
+            self.__waker = Waker()
+            self.__loop_owner = (os.getpid(), threading.get_ident())
+            with _ServerSelector() as selector:
+                selector.register(self.__waker, selectors.EVENT_READ)
+                self._serve_loop(selector, poll_interval)
+        finally:
+            self.__loop_owner = None
+            waker, self.__waker = self.__waker, None
+            if waker is not None:
+                waker.close()
+            self.__shutdown_request = False
+            self.__is_shut_down.set()
+
+    def _serve_loop(self, selector: selectors.BaseSelector, poll_interval: float | None) -> None:
+        listening = False
+        while not self.__shutdown_request:
+            pause = self.__accept_resume_at - time.monotonic()
+            if listening == (pause > 0):
+                if listening:
+                    selector.unregister(self)
+                else:
+                    selector.register(self, selectors.EVENT_READ)
+                listening = not listening
+            timeout = poll_interval
+            if pause > 0 and (timeout is None or pause < timeout):
+                timeout = pause
+            ready = selector.select(timeout)
+            request_ready = False
+            for key, _ in ready:
+                if key.fileobj is self:
+                    request_ready = True
+                elif SHUTDOWN in self.__waker.read_messages():  # type: ignore[union-attr]
+                    self.__shutdown_request = True
+            # Checked after every wait, so that nothing is accepted once shutdown() has
+            # been requested (bpo-35017).
+            if self.__shutdown_request:
+                break
+            if request_ready:
+                self._handle_request_noblock()
+            self.service_actions()
+
+    def shutdown(self) -> None:
+        """Stop the ``serve_forever()`` loop and wait until it has stopped.
+
+        Safe from any thread, from a request handler (serial, threaded or forked) and
+        before the loop starts: it only waits when a loop is running in another thread
+        of this process, and that loop is woken at once.  From a forked child it asks
+        the parent's loop to stop and returns.
+        """
+        self.__shutdown_request = True
+        waker, owner = self.__waker, self.__loop_owner
+        if waker is not None:
+            waker.wake(SHUTDOWN)
+        if owner is not None and owner[0] != os.getpid():
+            return  # a forked child: the loop is the parent's, and it has been told
+        if owner == (os.getpid(), threading.get_ident()):
+            return  # a handler on the loop's own thread: the loop stops when it returns
+        self.__is_shut_down.wait()
+
+    def service_actions(self) -> None:
+        """Called by the ``serve_forever()`` loop; may be overridden."""
+
+    def handle_request(self) -> None:
+        """Handle one request, blocking up to ``self.timeout`` (or the socket's timeout).
+
+        Calls ``handle_timeout()`` if no request arrived in time.
+        """
+        timeout = self.socket.gettimeout()
+        if timeout is None:
+            timeout = self.timeout
+        elif self.timeout is not None:
+            timeout = min(timeout, self.timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with _ServerSelector() as selector:
+            selector.register(self, selectors.EVENT_READ)
+            while True:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining < 0:
+                    return self.handle_timeout()
+                pause = self.__accept_resume_at - time.monotonic()
+                if pause > 0:
+                    # Out of descriptors: wait out the back-off instead of spinning.
+                    time.sleep(pause if remaining is None else min(pause, remaining))
+                    continue
+                if selector.select(remaining):
+                    return self._handle_request_noblock()
+
+    def _handle_request_noblock(self) -> None:
+        """Accept one request and run it through verify_request → process_request.
+
+        Called only when the socket is readable, so get_request() does not block.
+        """
+        try:
+            request, client_address = self.get_request()
+        except OSError as exc:
+            self._accept_failed(exc)
+            return
+        if self.__accept_backoff:
+            logger.info("accepting again on %s", self.server_address)
+            self.__accept_backoff = 0.0
+        if self.verify_request(request, client_address):
+            try:
+                self.process_request(request, client_address)
+            except Exception:
+                self.handle_error(request, client_address)
+                self.shutdown_request(request)
+            except BaseException:
+                self.shutdown_request(request)
+                raise
+        else:
+            self.shutdown_request(request)
+
+    def _accept_failed(self, exc: OSError) -> None:
+        """Back off on resource exhaustion, skip per-client errors, log anything else."""
+        if exc.errno in ACCEPT_CAPACITY_ERRNOS:
+            first = not self.__accept_backoff
+            self.__accept_backoff = min(
+                ACCEPT_BACKOFF_MAX, (self.__accept_backoff * 2) or ACCEPT_BACKOFF_FIRST
+            )
+            self.__accept_resume_at = time.monotonic() + self.__accept_backoff
+            log = logger.warning if first else logger.debug
+            log("accept() on %s failed (%s); pausing accepts for %.1f s",
+                self.server_address, exc, self.__accept_backoff)
+        elif exc.errno not in ACCEPT_IGNORED_ERRNOS and not isinstance(exc, TimeoutError):
+            logger.warning("accept() on %s failed: %s", self.server_address, exc)
+
+    # -- hooks ------------------------------------------------------------------
+
+    def handle_timeout(self) -> None:
+        """Called when ``handle_request()`` waited ``timeout`` seconds for nothing."""
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """Return True to process the request, False to close it unanswered."""
+        return True
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Run the handler (the mix-ins override this to use threads or processes)."""
+        self.finish_request(request, client_address)
+        self.shutdown_request(request)
+
+    def server_close(self) -> None:
+        """Clean up the server; may be overridden."""
+
+    def finish_request(self, request: Any, client_address: Any) -> None:
+        """Instantiate ``RequestHandlerClass``, which serves the request."""
+        self.RequestHandlerClass(request, client_address, self)
+
+    def shutdown_request(self, request: Any) -> None:
+        """End one request; by default just close it."""
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """Release the request's resources."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Log the exception being handled, with its traceback and the client address.
+
+        The stdlib prints to stderr; with logging unconfigured this still reaches
+        stderr (logging's last-resort handler).  Override to do something else.
+        """
+        logger.error("Exception occurred during processing of request from %s",
+                     client_address, exc_info=True)
+
+    def __enter__(self) -> Any:
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.server_close()
+
+
+class TCPServer(BaseServer):
+    """A stream-socket server; ``AF_UNIX`` subclasses reuse it, as in the stdlib."""
+
+    address_family = socket.AF_INET
+    socket_type = socket.SOCK_STREAM
+    request_queue_size = 5
+    allow_reuse_address = False
+    allow_reuse_port = False
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Any,
+                 bind_and_activate: bool = True) -> None:
+        BaseServer.__init__(self, server_address, RequestHandlerClass)
+        self._socket_file: OwnedSocketFile | None = None
+        self.socket = socket.socket(self.address_family, self.socket_type)
+        if bind_and_activate:
+            try:
+                self.server_bind()
+                self.server_activate()
+            except BaseException:
+                self.server_close()
+                raise
+
+    def server_bind(self) -> None:
+        """Set the reuse options, bind, and read back the bound address."""
+        if self.allow_reuse_address and hasattr(socket, "SO_REUSEADDR"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.allow_reuse_port and hasattr(socket, "SO_REUSEPORT"):
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        unix_file = self.address_family == getattr(socket, "AF_UNIX", None) and \
+            is_filesystem_path(self.server_address)
+        if unix_file:
+            remove_stale_socket_file(self.server_address, self.socket_type)
+        self.socket.bind(self.server_address)
+        if unix_file:
+            self._socket_file = OwnedSocketFile.after_bind(self.server_address)
+        self.server_address = self.socket.getsockname()
+
+    def server_activate(self) -> None:
+        self.socket.listen(self.request_queue_size)
+
+    def server_close(self) -> None:
+        """Close the listening socket and remove the Unix socket file it created."""
+        socket_file = getattr(self, "_socket_file", None)
+        if socket_file is not None:
+            self._socket_file = None
+            socket_file.remove()
+        self.socket.close()
+
+    def fileno(self) -> int:
+        return self.socket.fileno()
+
+    def get_request(self) -> tuple[Any, Any]:
+        return self.socket.accept()
+
+    def shutdown_request(self, request: Any) -> None:
+        """Half-close the connection so the client sees EOF, then close it."""
+        try:
+            # Explicitly shut down: close() alone does not end the connection while a
+            # forked child or another reference still holds the descriptor.
+            request.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass  # the client may already be gone
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        request.close()
+
+
+class UDPServer(TCPServer):
+    """A datagram server: each packet is a request ``(data, socket)``."""
+
+    allow_reuse_address = False
+    allow_reuse_port = False
+    socket_type = socket.SOCK_DGRAM
+    max_packet_size = 8192
+
+    def get_request(self) -> tuple[Any, Any]:
+        data, client_addr = self.socket.recvfrom(self.max_packet_size)
+        return (data, self.socket), client_addr
+
+    def server_activate(self) -> None:
+        """Datagram sockets do not listen()."""
+
+    def shutdown_request(self, request: Any) -> None:
+        self.close_request(request)
+
+    def close_request(self, request: Any) -> None:
+        """The socket is shared by every request; nothing to close."""
+
+
+if hasattr(socket, "AF_UNIX"):
+
+    class UnixStreamServer(TCPServer):
+        address_family = socket.AF_UNIX
+
+    class UnixDatagramServer(UDPServer):
+        address_family = socket.AF_UNIX
