@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-# Every blocking client step in the suite uses this; pytest-timeout backs it up.
-IO_TIMEOUT = 5.0
-
 
 @pytest.fixture
 def unix_path() -> Iterator[str]:
@@ -19,22 +14,3 @@ def unix_path() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="ss-") as tmp:
         yield str(Path(tmp) / "sock")
 
-
-def connect(address: object, family: int = socket.AF_INET) -> socket.socket:
-    """A connected stream client with IO_TIMEOUT set."""
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.settimeout(IO_TIMEOUT)
-    try:
-        sock.connect(address)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
-
-
-def recv_all(sock: socket.socket) -> bytes:
-    """Everything until the server closes its side."""
-    chunks = []
-    while chunk := sock.recv(65536):
-        chunks.append(chunk)
-    return b"".join(chunks)
