@@ -1,0 +1,110 @@
+"""ThreadingMixIn and ForkingMixIn: concurrency, cleanup, no leftovers."""
+
+from __future__ import annotations
+
+import gc
+import os
+import threading
+import weakref
+
+import pytest
+
+import sockserve
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, recv_all
+
+
+class Echo(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+
+
+@pytest.mark.parametrize("server_class", [sockserve.ThreadingTCPServer,
+                                          sockserve.ForkingTCPServer])
+def test_requests_are_served_concurrently(server_class: type[sockserve.TCPServer]) -> None:
+    """Two clients that each wait for the other's request can only finish concurrently."""
+    with serve_in_thread(server_class(("127.0.0.1", 0), Echo)) as server:
+        first = connect(server.server_address)
+        second = connect(server.server_address)
+        with first, second:
+            # The first handler is now blocked reading; the second must still be served.
+            second.sendall(b"two\n")
+            assert recv_all(second) == b"two\n"
+            first.sendall(b"one\n")
+            assert recv_all(first) == b"one\n"
+
+
+def test_finished_request_threads_are_not_kept() -> None:
+    """The server holds no Thread object once its request is done (memory stays flat)."""
+    refs: list[weakref.ref[threading.Thread]] = []
+
+    class Record(Echo):
+        def handle(self) -> None:
+            refs.append(weakref.ref(threading.current_thread()))
+            super().handle()
+
+    with serve_in_thread(sockserve.ThreadingTCPServer(("127.0.0.1", 0), Record)) as server:
+        for n in range(50):
+            with connect(server.server_address) as client:
+                client.sendall(b"%d\n" % n)
+                assert recv_all(client) == b"%d\n" % n
+        for ref in refs:  # let each thread end; hold it only while joining
+            thread = ref()
+            if thread is not None:
+                thread.join(IO_TIMEOUT)
+            del thread
+        gc.collect()
+        assert [ref for ref in refs if ref() is not None] == []
+        assert len(server._threads) == 0
+
+
+def test_server_close_joins_running_threads() -> None:
+    started, release = threading.Event(), threading.Event()
+    finished: list[bool] = []
+
+    class Slow(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            started.set()
+            release.wait(IO_TIMEOUT)
+            finished.append(True)
+
+    class ReleasingOnClose(sockserve.TCPServer):
+        def server_close(self) -> None:
+            release.set()  # runs before ThreadingMixIn.server_close() joins
+            super().server_close()
+
+    class Server(sockserve.ThreadingMixIn, ReleasingOnClose):
+        pass
+
+    server = Server(("127.0.0.1", 0), Slow)
+    with serve_in_thread(server):
+        client = connect(server.server_address)
+        assert started.wait(IO_TIMEOUT)
+    client.close()
+    assert finished == [True]
+
+
+def pid_is_zombie_child(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_forked_children_are_reaped() -> None:
+    class ReportPid(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"%d\n" % os.getpid())
+
+    pids = []
+    with serve_in_thread(sockserve.ForkingTCPServer(("127.0.0.1", 0), ReportPid)) as server:
+        for _ in range(5):
+            with connect(server.server_address) as client:
+                pids.append(int(recv_all(client)))
+    assert os.getpid() not in pids and len(set(pids)) == 5
+    assert not server.active_children
+    assert [pid for pid in pids if pid_is_zombie_child(pid)] == []
+    for pid in pids:
+        with pytest.raises(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)
