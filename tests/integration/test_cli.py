@@ -1,0 +1,98 @@
+"""The demo: ``sockserve echo`` served in a real process, ``sockserve send`` as its client."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sockserve.cli import main, parse_host_port
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(params=["tcp", "udp"])
+def echo_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A ``python -m sockserve echo`` process on a free port: yields (HOST:PORT, protocol)."""
+    udp = ["--udp"] if request.param == "udp" else []
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "echo", "--host", "127.0.0.1", "--port", "0", *udp],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stderr is not None
+    try:
+        banner = proc.stdout.readline()
+        match = re.search(r"serving (TCP|UDP) on (\S+:\d+)", banner)
+        assert match, banner
+        yield match.group(2), request.param
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(10) == 0
+        assert "stopped" in proc.stdout.read()
+        assert "wrote: b'hello sockserve'" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_send_prints_the_upper_cased_reply(echo_server: tuple[str, str]) -> None:
+    address, protocol = echo_server
+    udp = ["--udp"] if protocol == "udp" else []
+    result = subprocess.run(
+        [sys.executable, "-m", "sockserve", "send", address, "hello", "sockserve", *udp],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["Sent:     hello sockserve",
+                                          "Received: HELLO SOCKSERVE"]
+
+
+@pytest.mark.parametrize("example", ["tcp", "udp"])
+def test_examples_pair(example: str) -> None:
+    server = subprocess.Popen([sys.executable, str(ROOT / "examples" / f"{example}_server.py"),
+                               "--port", "0"], stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    try:
+        port = re.search(r":(\d+)", server.stdout.readline())
+        assert port
+        client = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / f"{example}_client.py"),
+             "--port", port.group(1), "one", "line"],
+            capture_output=True, text=True, timeout=30)
+        assert client.returncode == 0, client.stderr
+        assert "Received: ONE LINE" in client.stdout
+        server.send_signal(signal.SIGINT)
+        assert server.wait(10) == 0
+    finally:
+        server.kill()
+        server.wait(10)
+        server.stdout.close()
+
+
+def test_send_to_nobody_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    with socket.socket() as unused:  # bound but not listening: connections are refused
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+        assert main(["send", f"127.0.0.1:{port}", "x", "--timeout", "2"]) == 1
+    assert "refused" in capsys.readouterr().err.lower()
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("localhost:9999", ("localhost", 9999)),
+    ("[::1]:80", ("::1", 80)),
+    ("10.0.0.1:0", ("10.0.0.1", 0)),
+])
+def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
+    assert parse_host_port(text) == expected
+
+
+@pytest.mark.parametrize("text", ["nohost", ":80", "host:", "host:http"])
+def test_parse_host_port_rejects(text: str) -> None:
+    import argparse
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_host_port(text)
