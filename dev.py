@@ -11,6 +11,7 @@ with its test extras into it; nothing is installed outside the project folder.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import re
@@ -30,10 +31,13 @@ def interpreters() -> list[str]:
     this = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if this in VERSIONS:
         found[this] = sys.executable
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     for version in VERSIONS:
-        path = shutil.which(f"python{version}")
-        if version not in found and path and _works(path):
-            found[version] = path
+        candidates = [shutil.which(f"python{version}"),
+                      *map(str, sorted(pyenv.glob(f"{version}.*/bin/python{version}")))]
+        for path in candidates:
+            if version not in found and path and _works(path):
+                found[version] = path
     chosen = {v: p for v, p in found.items() if wanted == [""] or v in wanted}
     if not chosen:
         sys.exit(f"dev.py: no Python among {', '.join(VERSIONS)} found")
@@ -53,13 +57,16 @@ def venv_for(python: str) -> Path:
     bin_python = venv / "bin" / "python"
     stamp = venv / ".installed"
     wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes()).hexdigest()
-    if stamp.exists() and bin_python.exists() and stamp.read_text() == wanted:
-        return venv
-    print(f"dev.py: preparing {venv.relative_to(ROOT)}", flush=True)
-    subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
-    pip = [str(bin_python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"], check=True)
-    stamp.write_text(wanted)
+    venv.parent.mkdir(exist_ok=True)
+    with open(venv.parent / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two runs at once must not build the same venv
+        if stamp.exists() and bin_python.exists() and stamp.read_text() == wanted:
+            return venv
+        print(f"dev.py: preparing {venv.relative_to(ROOT)}", flush=True)
+        subprocess.run([python, "-m", "venv", "--clear", str(venv)], check=True)
+        pip = [str(bin_python), "-m", "pip", "--disable-pip-version-check", "-q"]
+        subprocess.run([*pip, "install", "-e", f"{ROOT}[test]"], check=True)
+        stamp.write_text(wanted)
     return venv
 
 
