@@ -5,8 +5,9 @@ Each task makes the virtual environment it needs under .venv/ and installs socks
 with its test extras into it; nothing is installed outside the project folder.
 
     python3 dev.py demo [ARGS]   the upper-casing echo server (``sockserve echo ARGS``)
-    python3 dev.py test [ARGS]   the whole test suite on every Python 3.10-3.13 found
-                                 (ARGS go to pytest; SOCKSERVE_PYTHONS=3.12 picks some)
+    python3 dev.py test [ARGS]   the whole test suite on every Python 3.10-3.13 found,
+                                 then strict mypy (ARGS go to pytest and skip mypy;
+                                 SOCKSERVE_PYTHONS=3.12,3.13 picks interpreters)
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def test(args: list[str]) -> int:
             status = code or 1
     if totals["passed"] == 0 and status == 0:
         status = 1
+    if not args:  # the full run also type-checks src/ and tests/ (strict, pyproject.toml)
+        print(f"dev.py: mypy on {venv.name}", flush=True)
+        if subprocess.call([str(venv / "bin" / "python"), "-m", "mypy"], cwd=ROOT):
+            status = status or 1
     print(f"all: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)
     return status

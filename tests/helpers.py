@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import socket
+from typing import Any
 
 # Every blocking client step in the suite uses this; pytest-timeout backs it up.
 IO_TIMEOUT = 5.0
 
 
-def connect(address: object, family: int = socket.AF_INET) -> socket.socket:
+def connect(address: Any, family: int = socket.AF_INET) -> socket.socket:
     """A connected stream client with IO_TIMEOUT set."""
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.settimeout(IO_TIMEOUT)

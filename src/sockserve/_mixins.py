@@ -11,12 +11,19 @@ import os
 import socket
 import threading
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._server import BaseServer, TCPServer, UDPServer
 
 
-class _ConcurrencyMixIn:
+# Mix-ins are used with a server class; type-check them as if they had it as base.
+if TYPE_CHECKING:
+    _ServerBase = BaseServer
+else:
+    _ServerBase = object
+
+
+class _ConcurrencyMixIn(_ServerBase):
     """Warns when a subclass lists the mix-in after the server class (a silent no-op)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -99,7 +106,7 @@ if hasattr(os, "fork"):
                     os._exit(status)
 
         def server_close(self) -> None:
-            super().server_close()  # type: ignore[misc]
+            super().server_close()
             self.collect_children(blocking=self.block_on_close)
 
 
@@ -163,19 +170,19 @@ class ThreadingMixIn(_ConcurrencyMixIn):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve one request on the current thread, reporting errors via handle_error()."""
         try:
-            self.finish_request(request, client_address)  # type: ignore[attr-defined]
+            self.finish_request(request, client_address)
         except Exception:
-            self.handle_error(request, client_address)  # type: ignore[attr-defined]
+            self.handle_error(request, client_address)
         finally:
             try:
-                self.shutdown_request(request)  # type: ignore[attr-defined]
+                self.shutdown_request(request)
             finally:
                 self._threads.discard(threading.current_thread())
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread that serves the request."""
         if self.block_on_close:
-            vars(self).setdefault("_threads", _RunningThreads())
+            self.__dict__.setdefault("_threads", _RunningThreads())
         thread = threading.Thread(target=self.process_request_thread,
                                   args=(request, client_address))
         thread.daemon = self.daemon_threads
@@ -187,7 +194,7 @@ class ThreadingMixIn(_ConcurrencyMixIn):
             raise
 
     def server_close(self) -> None:
-        super().server_close()  # type: ignore[misc]
+        super().server_close()
         self._threads.join()
 
 

@@ -16,7 +16,7 @@ import selectors
 import socket
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
 from ._wakeup import SHUTDOWN, Waker
@@ -55,6 +55,12 @@ class BaseServer:
 
     timeout: float | None = None
 
+    if TYPE_CHECKING:  # provided by subclasses, as in the stdlib (and typeshed)
+        socket: socket.socket
+
+        def fileno(self) -> int: ...
+        def get_request(self) -> tuple[Any, Any]: ...
+
     def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
         self.server_address = server_address
         self.RequestHandlerClass = RequestHandlerClass
@@ -88,20 +94,21 @@ class BaseServer:
             # the socket, which the caller may already have closed.
             if self.__shutdown_request:
                 return
-            self.__waker = Waker()
+            self.__waker = waker = Waker()
             self.__loop_owner = (os.getpid(), threading.get_ident())
             with _ServerSelector() as selector:
-                selector.register(self.__waker, selectors.EVENT_READ)
-                self._serve_loop(selector, poll_interval)
+                selector.register(waker, selectors.EVENT_READ)
+                self._serve_loop(selector, waker, poll_interval)
         finally:
             self.__loop_owner = None
-            waker, self.__waker = self.__waker, None
-            if waker is not None:
-                waker.close()
+            if self.__waker is not None:
+                self.__waker.close()
+                self.__waker = None
             self.__shutdown_request = False
             self.__is_shut_down.set()
 
-    def _serve_loop(self, selector: selectors.BaseSelector, poll_interval: float | None) -> None:
+    def _serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
+                    poll_interval: float | None) -> None:
         listening = False
         while not self.__shutdown_request:
             pause = self.__accept_resume_at - time.monotonic()
@@ -119,7 +126,7 @@ class BaseServer:
             for key, _ in ready:
                 if key.fileobj is self:
                     request_ready = True
-                elif SHUTDOWN in self.__waker.read_messages():  # type: ignore[union-attr]
+                elif SHUTDOWN in waker.read_messages():
                     self.__shutdown_request = True
             # Checked after every wait, so that nothing is accepted once shutdown() has
             # been requested (bpo-35017).

@@ -198,7 +198,7 @@ def test_stream_handler_timeout_ends_a_silent_client(caplog: pytest.LogCaptureFi
             with connect(server.server_address) as client:
                 assert recv_all(client) == b""  # the server gave up and closed
     [record] = caplog.records
-    assert record.exc_info is not None and issubclass(record.exc_info[0], TimeoutError)
+    assert record.exc_info is not None and isinstance(record.exc_info[1], TimeoutError)
 
 
 @pytest.mark.parametrize("server_class", [sockserve.UDPServer, sockserve.ThreadingUDPServer,
