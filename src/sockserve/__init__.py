@@ -12,6 +12,12 @@ import socket as _socket
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._server import BaseServer, TCPServer, UDPServer
+from ._workers import (
+    ThreadPoolMixIn,
+    ThreadPoolStatistics,
+    ThreadPoolTCPServer,
+    ThreadPoolUDPServer,
+)
 
 __version__ = "0.1.0"
 
@@ -20,6 +26,8 @@ __all__ = [
     "ThreadingUDPServer", "ThreadingTCPServer",
     "BaseRequestHandler", "StreamRequestHandler",
     "DatagramRequestHandler", "ThreadingMixIn",
+    # sockserve's own
+    "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer", "ThreadPoolStatistics",
 ]
 
 if hasattr(_os, "fork"):
@@ -31,8 +39,11 @@ if hasattr(_socket, "AF_UNIX"):
     from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
     from ._server import UnixDatagramServer, UnixStreamServer
 
+    from ._workers import ThreadPoolUnixDatagramServer, ThreadPoolUnixStreamServer
+
     __all__ += ["UnixStreamServer", "UnixDatagramServer",
-                "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer"]
+                "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer",
+                "ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
     if hasattr(_os, "fork"):
         from ._mixins import ForkingUnixDatagramServer, ForkingUnixStreamServer
 

@@ -37,6 +37,16 @@ class _ConcurrencyMixIn(_ServerBase):
             )
 
 
+def run_request(server: BaseServer, request: Any, client_address: Any) -> None:
+    """A request's whole life away from the loop: handler, error report, shutdown."""
+    try:
+        server.finish_request(request, client_address)
+    except Exception:
+        server.handle_error(request, client_address)
+    finally:
+        server.shutdown_request(request)
+
+
 if hasattr(os, "fork"):
 
     class ForkingMixIn(_ConcurrencyMixIn):
@@ -170,14 +180,9 @@ class ThreadingMixIn(_ConcurrencyMixIn):
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve one request on the current thread, reporting errors via handle_error()."""
         try:
-            self.finish_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
+            run_request(self, request, client_address)
         finally:
-            try:
-                self.shutdown_request(request)
-            finally:
-                self._threads.discard(threading.current_thread())
+            self._threads.discard(threading.current_thread())
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Start a thread that serves the request."""

@@ -19,7 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
-from ._wakeup import SHUTDOWN, Waker
+from ._wakeup import RECHECK, SHUTDOWN, Waker
 
 logger = logging.getLogger("sockserve.server")
 
@@ -112,7 +112,7 @@ class BaseServer:
         listening = False
         while not self.__shutdown_request:
             pause = self.__accept_resume_at - time.monotonic()
-            if listening == (pause > 0):
+            if listening != (pause <= 0 and self._has_capacity()):
                 if listening:
                     selector.unregister(self)
                 else:
@@ -156,6 +156,16 @@ class BaseServer:
 
     def service_actions(self) -> None:
         """Called by the ``serve_forever()`` loop; may be overridden."""
+
+    def _has_capacity(self) -> bool:
+        """Whether the loop may accept a request now (a full pool says no)."""
+        return True
+
+    def _wake_loop(self) -> None:
+        """Make a running ``serve_forever()`` look at its state again; any thread."""
+        waker = self.__waker
+        if waker is not None:
+            waker.wake(RECHECK)
 
     def handle_request(self) -> None:
         """Handle one request, blocking up to ``self.timeout`` (or the socket's timeout).

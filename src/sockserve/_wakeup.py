@@ -5,7 +5,8 @@ from __future__ import annotations
 import socket
 
 # One byte per message; the loop reads everything that is pending.
-SHUTDOWN = b"s"
+SHUTDOWN = b"s"  # stop serving
+RECHECK = b"r"  # something the loop waits on changed (e.g. a full pool has room again)
 
 
 class Waker:

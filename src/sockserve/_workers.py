@@ -1,0 +1,133 @@
+"""Mix-ins with a fixed number of workers: ``ThreadPoolMixIn`` (threads) and the
+ready-made pool servers.  The work itself is done by ``concurrency.pool.WorkerPool``.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from ._mixins import _ConcurrencyMixIn, run_request
+from ._server import TCPServer, UDPServer
+from .concurrency.pool import PoolStatistics, WorkerPool
+
+logger = logging.getLogger("sockserve.pool")
+
+OverloadPolicy = Literal["pause", "reject"]
+
+
+@dataclass(frozen=True)
+class ThreadPoolStatistics:
+    """``ThreadPoolMixIn.statistics()``: the pool's snapshot plus the server's counters."""
+
+    pool: PoolStatistics
+    rejected: int  # requests accepted and then refused because the pool was full
+
+
+class ThreadPoolMixIn(_ConcurrencyMixIn):
+    """Serve requests on a bounded pool of threads.
+
+    At most ``max_workers`` threads run handlers and at most ``max_queue`` accepted
+    requests wait for one.  When both are full the ``overload`` policy applies:
+
+    - ``"pause"`` (default): stop accepting; new clients wait in the kernel backlog
+      (up to ``request_queue_size``) and are accepted as soon as a worker is free.
+    - ``"reject"``: accept, send ``busy_reply`` if set, close, and count it.
+
+    ``set_max_workers()`` resizes the pool at run time.
+    """
+
+    max_workers = 16
+    max_queue = 64
+    overload: OverloadPolicy = "pause"
+    busy_reply: bytes | None = None
+    # Daemon workers do not keep the process alive; server_close() still stops them.
+    daemon_threads = False
+    # If true, server_close() waits for running and queued requests to finish.
+    block_on_close = True
+
+    _pool_instance: WorkerPool | None = None
+    _pool_lock = threading.Lock()
+    _rejected = 0
+
+    @property
+    def pool(self) -> WorkerPool:
+        """The server's worker pool, made on first use with the current settings."""
+        pool = self._pool_instance
+        if pool is None:
+            with self._pool_lock:
+                if self._pool_instance is None:
+                    if self.overload not in ("pause", "reject"):
+                        raise ValueError(f"unknown overload policy {self.overload!r}")
+                    self._pool_instance = WorkerPool(
+                        self.process_request_thread, max_workers=self.max_workers,
+                        max_queue=self.max_queue, on_capacity=self._wake_loop,
+                        daemon=self.daemon_threads, name=f"{type(self).__name__}-worker")
+                pool = self._pool_instance
+        return pool
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        """Serve one request on a worker, reporting errors via handle_error()."""
+        run_request(self, request, client_address)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Queue the request for a worker, or apply the overload policy."""
+        if self.overload == "pause":
+            # serve_forever() only accepts while there is room, so this waits only
+            # under handle_request(), where waiting is what the caller asked for.
+            self.pool.submit(request, client_address)
+        elif not self.pool.submit_nowait(request, client_address):
+            self.reject_request(request, client_address)
+
+    def _has_capacity(self) -> bool:
+        return self.overload != "pause" or self.pool.has_capacity()
+
+    def reject_request(self, request: Any, client_address: Any) -> None:
+        """Refuse a request the full pool cannot take: busy reply, close, count."""
+        self._rejected += 1
+        logger.warning("pool full (%d workers, %d queued): rejecting %s",
+                       self.max_workers, self.max_queue, client_address)
+        if self.busy_reply is not None:
+            try:
+                if self.socket.type == socket.SOCK_DGRAM:
+                    request[1].sendto(self.busy_reply, client_address)
+                else:
+                    # Never block the accept loop on a client that does not read.
+                    request.send(self.busy_reply, socket.MSG_DONTWAIT)
+            except OSError:
+                pass  # the client is gone or its buffer is full: it is closed anyway
+        self.shutdown_request(request)
+
+    def set_max_workers(self, max_workers: int) -> None:
+        """Change the number of worker threads while serving."""
+        self.max_workers = max_workers
+        self.pool.resize(max_workers)
+
+    def statistics(self) -> ThreadPoolStatistics:
+        return ThreadPoolStatistics(pool=self.pool.statistics(), rejected=self._rejected)
+
+    def server_close(self) -> None:
+        super().server_close()
+        if self._pool_instance is not None:
+            self._pool_instance.close(wait=self.block_on_close)
+
+
+class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):
+    pass
+
+
+class ThreadPoolUDPServer(ThreadPoolMixIn, UDPServer):
+    pass
+
+
+if hasattr(socket, "AF_UNIX"):
+    from ._server import UnixDatagramServer, UnixStreamServer
+
+    class ThreadPoolUnixStreamServer(ThreadPoolMixIn, UnixStreamServer):
+        pass
+
+    class ThreadPoolUnixDatagramServer(ThreadPoolMixIn, UnixDatagramServer):
+        pass
