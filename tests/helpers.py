@@ -27,3 +27,17 @@ def recv_all(sock: socket.socket) -> bytes:
     while chunk := sock.recv(65536):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def wait_for(predicate: Any, timeout: float = IO_TIMEOUT, what: str = "condition") -> None:
+    """Poll *predicate* until true, for state with no event to wait on (another process's).
+
+    Raises AssertionError after *timeout*; never used where an Event or a reply can say
+    the same thing.
+    """
+    import time
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

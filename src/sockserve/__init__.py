@@ -32,8 +32,10 @@ __all__ = [
 
 if hasattr(_os, "fork"):
     from ._mixins import ForkingMixIn, ForkingTCPServer, ForkingUDPServer
+    from ._prefork import PreForkMixIn, PreForkTCPServer, PreForkUDPServer
 
-    __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn"]
+    __all__ += ["ForkingUDPServer", "ForkingTCPServer", "ForkingMixIn",
+                "PreForkMixIn", "PreForkTCPServer", "PreForkUDPServer"]
 
 if hasattr(_socket, "AF_UNIX"):
     from ._mixins import ThreadingUnixDatagramServer, ThreadingUnixStreamServer
@@ -46,5 +48,7 @@ if hasattr(_socket, "AF_UNIX"):
                 "ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
     if hasattr(_os, "fork"):
         from ._mixins import ForkingUnixDatagramServer, ForkingUnixStreamServer
+        from ._prefork import PreForkUnixDatagramServer, PreForkUnixStreamServer
 
-        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer"]
+        __all__ += ["ForkingUnixStreamServer", "ForkingUnixDatagramServer",
+                    "PreForkUnixStreamServer", "PreForkUnixDatagramServer"]

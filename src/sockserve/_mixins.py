@@ -179,8 +179,13 @@ class ThreadingMixIn(_ConcurrencyMixIn):
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve one request on the current thread, reporting errors via handle_error()."""
+        run_request(self, request, client_address)
+
+    def _request_thread_main(self, request: Any, client_address: Any) -> None:
+        # Bookkeeping lives here, not in process_request_thread(), which subclasses
+        # override: the thread stays joinable until everything it runs has returned.
         try:
-            run_request(self, request, client_address)
+            self.process_request_thread(request, client_address)
         finally:
             self._threads.discard(threading.current_thread())
 
@@ -188,7 +193,7 @@ class ThreadingMixIn(_ConcurrencyMixIn):
         """Start a thread that serves the request."""
         if self.block_on_close:
             self.__dict__.setdefault("_threads", _RunningThreads())
-        thread = threading.Thread(target=self.process_request_thread,
+        thread = threading.Thread(target=self._request_thread_main,
                                   args=(request, client_address))
         thread.daemon = self.daemon_threads
         self._threads.append(thread)

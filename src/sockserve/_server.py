@@ -126,8 +126,8 @@ class BaseServer:
             for key, _ in ready:
                 if key.fileobj is self:
                     request_ready = True
-                elif SHUTDOWN in waker.read_messages():
-                    self.__shutdown_request = True
+                elif key.fileobj is waker:
+                    self._read_wakeups(waker)
             # Checked after every wait, so that nothing is accepted once shutdown() has
             # been requested (bpo-35017).
             if self.__shutdown_request:
@@ -157,6 +157,20 @@ class BaseServer:
     def service_actions(self) -> None:
         """Called by the ``serve_forever()`` loop; may be overridden."""
 
+    def _read_wakeups(self, waker: Waker) -> bytes:
+        """Act on the messages that woke the loop (another process may have sent them).
+
+        Returns them, for subclasses that understand more kinds.
+        """
+        messages = waker.read_messages()
+        if SHUTDOWN in messages:
+            self.__shutdown_request = True
+        return messages
+
+    def _stop_requested(self) -> bool:
+        """Whether ``shutdown()`` has asked the running loop to stop."""
+        return self.__shutdown_request
+
     def _has_capacity(self) -> bool:
         """Whether the loop may accept a request now (a full pool says no)."""
         return True
@@ -181,16 +195,16 @@ class BaseServer:
         with _ServerSelector() as selector:
             selector.register(self, selectors.EVENT_READ)
             while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining < 0:
-                    return self.handle_timeout()
+                # Clamped at 0 so that a zero timeout still polls once, as in the stdlib.
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 pause = self.__accept_resume_at - time.monotonic()
                 if pause > 0:
                     # Out of descriptors: wait out the back-off instead of spinning.
                     time.sleep(pause if remaining is None else min(pause, remaining))
-                    continue
-                if selector.select(remaining):
+                elif selector.select(remaining):
                     return self._handle_request_noblock()
+                if deadline is not None and time.monotonic() >= deadline:
+                    return self.handle_timeout()
 
     def _handle_request_noblock(self) -> None:
         """Accept one request and run it through verify_request → process_request.

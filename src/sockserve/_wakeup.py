@@ -25,6 +25,10 @@ class Waker:
     def fileno(self) -> int:
         return self._reader.fileno()
 
+    def write_fileno(self) -> int:
+        """The sending end, e.g. for ``signal.set_wakeup_fd()``."""
+        return self._writer.fileno()
+
     def wake(self, message: bytes = SHUTDOWN) -> None:
         """Queue *message* for the loop; never blocks, never raises."""
         try:

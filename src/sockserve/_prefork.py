@@ -1,0 +1,175 @@
+"""``PreForkMixIn``: the server binds once and N worker processes accept on that socket.
+
+The process that calls ``serve_forever()`` becomes the supervisor (``Supervisor`` in
+``concurrency/prefork.py``): it accepts nothing itself, keeps ``workers`` children
+running, replaces any that die, recycles them after ``max_requests``, and on
+``shutdown()`` stops them gracefully.  Each worker runs the ordinary accept loop with
+whatever mix-in comes after ``PreForkMixIn`` (serial by default, or ``ThreadPoolMixIn``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+from typing import Any
+
+from ._mixins import _ConcurrencyMixIn
+from ._server import BaseServer, TCPServer, UDPServer
+from ._wakeup import SHUTDOWN, Waker
+from .concurrency.prefork import Supervisor, SupervisorStatistics, unblock_stop_signals
+
+logger = logging.getLogger("sockserve.prefork")
+
+
+class PreForkMixIn(_ConcurrencyMixIn):
+    """Serve with a fixed number of pre-forked worker processes.
+
+    ``class S(PreForkMixIn, ThreadPoolMixIn, TCPServer)`` gives each worker a pool.
+    """
+
+    workers = 2
+    # Recycle a worker after this many requests (0: never), plus a random 0..jitter
+    # so that workers started together do not all restart together.
+    max_requests = 0
+    max_requests_jitter = 0
+    # On shutdown, how long workers may finish in-flight requests before SIGKILL.
+    graceful_timeout = 30.0
+
+    _supervisor: Supervisor | None = None
+    _supervisor_waker: Waker | None = None  # set in workers: the parent's loop
+    _requests_left = 0
+    _poll_interval: float | None = 0.5
+
+    @property
+    def in_worker(self) -> bool:
+        """True in a worker process, False in the supervisor."""
+        return self._supervisor_waker is not None
+
+    def _serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
+                    poll_interval: float | None) -> None:
+        if self.in_worker:
+            # A stop signal must reach the loop even when the Python-level handler is
+            # late or never runs (a forked child of a non-main thread on 3.13 may not
+            # run it until some system call is interrupted): the C-level handler also
+            # writes the signal number into the waker (signal.set_wakeup_fd).
+            previous = signal.set_wakeup_fd(waker.write_fileno(), warn_on_full_buffer=False)
+            unblock_stop_signals()
+            try:
+                super()._serve_loop(selector, waker, poll_interval)
+            finally:
+                signal.set_wakeup_fd(previous)
+            return
+        self._poll_interval = poll_interval
+        # Every worker is woken for each new connection and only one wins accept();
+        # with a blocking socket the others would sit in accept() where neither the
+        # stop flag nor SIGTERM can reach them (PEP 475 retries the call). Non-blocking,
+        # the losers get EAGAIN and go back to select(). The flag belongs to the open
+        # file, so setting it here covers every worker; accepted sockets stay blocking.
+        self.socket.setblocking(False)
+        self._supervisor = supervisor = Supervisor(lambda: self._worker_main(waker), self.workers)
+        try:
+            while not self._stop_requested():
+                supervisor.reap(selector)
+                supervisor.target = self.workers
+                supervisor.shrink()
+                supervisor.fill()
+                timeout = supervisor.register(selector)
+                if poll_interval is not None and (timeout is None or poll_interval < timeout):
+                    timeout = poll_interval
+                for key, _ in selector.select(timeout):
+                    if key.fileobj is waker:
+                        self._read_wakeups(waker)
+                self.service_actions()
+        finally:
+            supervisor.stop(self.graceful_timeout)
+
+    def _worker_main(self, supervisor_waker: Waker) -> None:
+        """The body of a worker process; always ends in os._exit()."""
+        status = 1
+        try:
+            self._supervisor_waker = supervisor_waker
+            self._supervisor = None
+            # SIGTERM from the supervisor: stop accepting, finish in-flight requests.
+            # The handler only sets a flag and wakes the loop (it runs on this thread).
+            signal.signal(signal.SIGTERM, lambda signum, frame: BaseServer.shutdown(self))
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's
+            if self.max_requests:
+                self._requests_left = self.max_requests + random.randint(
+                    0, max(0, self.max_requests_jitter))
+            self.serve_forever(self._poll_interval)
+            status = 0
+        except BaseException:
+            logger.exception("worker %d failed", os.getpid())
+        finally:
+            try:
+                self.server_close()  # joins a pool's threads; never unlinks the parent's file
+            finally:
+                os._exit(status)
+
+    def _read_wakeups(self, waker: Waker) -> bytes:
+        messages = super()._read_wakeups(waker)
+        if self.in_worker and bytes([signal.SIGTERM]) in messages:
+            BaseServer.shutdown(self)  # from the loop's thread: sets the flag, returns
+        return messages
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        super().process_request(request, client_address)
+        if self._requests_left:
+            self._requests_left -= 1
+            if not self._requests_left:
+                logger.info("worker %d served max_requests: recycling", os.getpid())
+                BaseServer.shutdown(self)  # this worker only; the supervisor replaces it
+
+    def shutdown(self) -> None:
+        """Stop the whole server; from a worker's handler too (it tells the supervisor)."""
+        if self._supervisor_waker is not None:
+            self._supervisor_waker.wake(SHUTDOWN)
+            return
+        super().shutdown()
+
+    def set_workers(self, workers: int) -> None:
+        """Change the number of worker processes while serving."""
+        if workers < 1:
+            raise ValueError("need at least one worker")
+        self.workers = workers
+        self._wake_loop()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes alive now (empty unless serving)."""
+        return self._supervisor.pids() if self._supervisor is not None else []
+
+    def statistics(self) -> Any:
+        """In the supervisor: ``SupervisorStatistics``; in a worker: the next mix-in's."""
+        if self.in_worker:
+            return super().statistics()  # type: ignore[misc]
+        if self._supervisor is None:
+            return SupervisorStatistics(workers=0, target=self.workers, spawned=0, exited=0,
+                                        crashed=0)
+        return self._supervisor.statistics()
+
+    def server_close(self) -> None:
+        if self._supervisor is not None:
+            self._supervisor.stop(self.graceful_timeout)  # if the loop did not already
+        super().server_close()
+
+
+class PreForkTCPServer(PreForkMixIn, TCPServer):
+    pass
+
+
+class PreForkUDPServer(PreForkMixIn, UDPServer):
+    pass
+
+
+if hasattr(socket, "AF_UNIX"):
+    from ._server import UnixDatagramServer, UnixStreamServer
+
+    class PreForkUnixStreamServer(PreForkMixIn, UnixStreamServer):
+        pass
+
+    class PreForkUnixDatagramServer(PreForkMixIn, UnixDatagramServer):
+        pass

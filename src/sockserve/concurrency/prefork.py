@@ -1,0 +1,221 @@
+"""Worker processes under a supervisor: fork, watch, replace, stop.
+
+The supervisor knows nothing about sockets: it forks ``target`` N times and keeps N
+running.  It watches children through pidfds (Linux 5.3+, ``os.pidfd_open``), which a
+selector can wait on from any thread, so no SIGCHLD handler is needed and the parent
+may run in a non-main thread; elsewhere it polls ``waitpid(WNOHANG)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+logger = logging.getLogger("sockserve.prefork")
+
+# A worker that dies sooner than this after its start counts as a crash loop, and its
+# replacement is delayed (doubling up to RESPAWN_DELAY_MAX) so that a worker which
+# cannot start does not turn into a fork bomb (gunicorn's arbiter halts instead).
+QUICK_DEATH = 1.0
+RESPAWN_DELAY_FIRST = 0.1
+RESPAWN_DELAY_MAX = 2.0
+# How often to poll for exited children where pidfds are not available.
+POLL_WITHOUT_PIDFD = 0.05
+# The signals that ask a worker to stop.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+def unblock_stop_signals() -> None:
+    """Called by a worker once its handlers are in place (see ``Supervisor.spawn``)."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@dataclass(frozen=True)
+class SupervisorStatistics:
+    workers: int  # alive now
+    target: int  # how many should be alive
+    spawned: int  # forks so far, replacements included
+    exited: int  # clean exits (exit status 0, e.g. recycled after max_requests)
+    crashed: int  # any other end: non-zero status or killed by a signal
+
+
+@dataclass
+class _Worker:
+    pid: int
+    started: float
+    pidfd: int | None
+    stopping: bool = False  # asked to stop by shrink(); no longer counts toward target
+
+
+class Supervisor:
+    """Keeps ``target`` children running ``run_worker()``; the child never returns.
+
+    Args:
+        run_worker: called in each new child; must end the process (``os._exit``).
+        target: number of workers.
+    """
+
+    def __init__(self, run_worker: Callable[[], None], target: int) -> None:
+        if target < 1:
+            raise ValueError("need at least one worker")
+        self._run_worker = run_worker
+        self.target = target
+        self._workers: dict[int, _Worker] = {}
+        self._spawned = self._exited = self._crashed = 0
+        self._respawn_delay = 0.0
+        self._respawn_at = 0.0
+
+    # -- running ---------------------------------------------------------------------
+
+    def spawn(self) -> int:
+        """Fork one worker; returns its pid (in the parent).
+
+        SIGTERM and SIGINT stay blocked in the child until ``run_worker()`` has set its
+        own handlers and unblocks them (``unblock_stop_signals()``): a stop requested
+        while the child starts is then handled, not fatal, and never handled by a copy
+        of the parent's handlers.
+        """
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    self._run_worker()
+                finally:
+                    os._exit(70)  # EX_SOFTWARE: run_worker() returned or raised
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        pidfd = None
+        if hasattr(os, "pidfd_open"):
+            try:
+                pidfd = os.pidfd_open(pid)
+            except OSError:
+                pidfd = None  # e.g. seccomp or an old kernel: poll instead
+        self._workers[pid] = _Worker(pid, time.monotonic(), pidfd)
+        self._spawned += 1
+        return pid
+
+    def fill(self) -> None:
+        """Start workers up to ``target`` (respecting the crash-loop delay)."""
+        if time.monotonic() < self._respawn_at:
+            return
+        while self._serving() < self.target:
+            self.spawn()
+
+    def _serving(self) -> int:
+        return sum(not worker.stopping for worker in self._workers.values())
+
+    def register(self, selector: selectors.BaseSelector) -> float | None:
+        """Put every worker's pidfd in *selector* (data: "worker").
+
+        Returns:
+            The longest the caller may wait before calling ``reap()`` again.
+        """
+        registered = {key.fd for key in selector.get_map().values() if key.data == "worker"}
+        timeout: float | None = None
+        for worker in self._workers.values():
+            if worker.pidfd is None:
+                timeout = POLL_WITHOUT_PIDFD
+            elif worker.pidfd not in registered:
+                selector.register(worker.pidfd, selectors.EVENT_READ, "worker")
+        pending = self._respawn_at - time.monotonic()
+        if self._serving() < self.target and pending > 0:
+            timeout = pending if timeout is None else min(timeout, pending)
+        return timeout
+
+    def reap(self, selector: selectors.BaseSelector | None = None) -> None:
+        """Collect exited workers and log how each ended; never blocks."""
+        for worker in list(self._workers.values()):
+            try:
+                pid, status = os.waitpid(worker.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = worker.pid, 0  # reaped elsewhere (e.g. waitpid(-1))
+            if pid == 0:
+                continue
+            del self._workers[worker.pid]
+            if worker.pidfd is not None:
+                if selector is not None and worker.pidfd in selector.get_map():
+                    selector.unregister(worker.pidfd)
+                os.close(worker.pidfd)
+            self._account(worker, status)
+
+    def _account(self, worker: _Worker, status: int) -> None:
+        lived = time.monotonic() - worker.started
+        code = os.waitstatus_to_exitcode(status)
+        if code == 0:
+            self._exited += 1
+            logger.info("worker %d exited after %.1f s", worker.pid, lived)
+        else:
+            self._crashed += 1
+            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            logger.warning("worker %d %s after %.1f s", worker.pid, how, lived)
+        if code != 0 and lived < QUICK_DEATH:
+            self._respawn_delay = min(RESPAWN_DELAY_MAX,
+                                      (self._respawn_delay * 2) or RESPAWN_DELAY_FIRST)
+            self._respawn_at = time.monotonic() + self._respawn_delay
+        else:
+            self._respawn_delay = 0.0
+
+    def shrink(self) -> None:
+        """Ask workers above ``target`` to stop gracefully (the newest first)."""
+        serving = [w for w in self._workers.values() if not w.stopping]
+        serving.sort(key=lambda worker: worker.started, reverse=True)
+        for worker in serving[:max(0, len(serving) - self.target)]:
+            worker.stopping = True
+            self._signal(worker.pid, signal.SIGTERM)
+
+    # -- stopping --------------------------------------------------------------------
+
+    def stop(self, graceful_timeout: float) -> None:
+        """SIGTERM every worker, wait up to *graceful_timeout*, SIGKILL the rest, reap all."""
+        self.target = 0
+        for pid in list(self._workers):
+            self._signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + graceful_timeout
+        with selectors.DefaultSelector() as selector:
+            while self._workers:
+                self.reap(selector)
+                remaining = deadline - time.monotonic()
+                if not self._workers or remaining <= 0:
+                    break
+                poll = self.register(selector)
+                selector.select(remaining if poll is None else min(poll, remaining))
+        for pid in list(self._workers):
+            logger.warning("worker %d did not stop within %.1f s: killing it",
+                           pid, graceful_timeout)
+            self._signal(pid, signal.SIGKILL)
+        while self._workers:
+            for worker in list(self._workers.values()):
+                try:
+                    os.waitpid(worker.pid, 0)  # SIGKILL cannot be ignored: this returns
+                except ChildProcessError:
+                    pass
+                del self._workers[worker.pid]
+                if worker.pidfd is not None:
+                    os.close(worker.pidfd)
+                self._crashed += 1
+
+    def _signal(self, pid: int, signum: int) -> None:
+        worker = self._workers.get(pid)
+        try:
+            if worker is not None and worker.pidfd is not None:
+                signal.pidfd_send_signal(worker.pidfd, signum)  # cannot hit a reused pid
+            else:
+                os.kill(pid, signum)
+        except ProcessLookupError:
+            pass  # already gone; reap() will account for it
+
+    def pids(self) -> list[int]:
+        """The workers alive now."""
+        return list(self._workers)
+
+    def statistics(self) -> SupervisorStatistics:
+        return SupervisorStatistics(workers=len(self._workers), target=self.target,
+                                    spawned=self._spawned, exited=self._exited,
+                                    crashed=self._crashed)

@@ -1,0 +1,168 @@
+"""PreForkMixIn: worker processes that accept, die and are replaced, recycle, stop."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+import sockserve
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+
+
+class Pid(sockserve.StreamRequestHandler):
+    """Replies with the serving process's pid; "crash" kills the worker."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        if line == b"crash\n":
+            os._exit(3)
+        if line == b"stop all\n":
+            self.server.shutdown()
+        self.wfile.write(b"%d\n" % os.getpid())
+
+
+def prefork(handler: type = Pid, server_class: type = sockserve.PreForkTCPServer,
+            address: Any = ("127.0.0.1", 0), **settings: Any) -> Any:
+    settings.setdefault("graceful_timeout", IO_TIMEOUT)
+    return type("Server", (server_class,), settings)(address, handler)
+
+
+def ask(address: Any, line: bytes = b"pid\n", family: int = socket.AF_INET) -> bytes:
+    with connect(address, family) as client:
+        client.sendall(line)
+        return recv_all(client)
+
+
+def test_workers_serve_and_the_supervisor_does_not() -> None:
+    with serve_in_thread(prefork(workers=2)) as server:
+        pids = {int(ask(server.server_address)) for _ in range(10)}
+        wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+        assert os.getpid() not in pids
+        assert pids <= set(server.worker_pids())
+    stats = server.statistics()
+    assert stats.workers == 0 and stats.crashed == 0 and stats.exited == 2
+
+
+def test_a_crashed_worker_is_replaced() -> None:
+    with serve_in_thread(prefork(workers=1)) as server:
+        first = int(ask(server.server_address))
+        assert ask(server.server_address, b"crash\n") == b""
+        # The next request waits in the backlog until the replacement accepts it.
+        second = int(ask(server.server_address))
+        assert second != first
+        stats = server.statistics()
+        assert stats.crashed == 1 and stats.spawned == 2
+
+
+def test_max_requests_recycles_workers() -> None:
+    with serve_in_thread(prefork(workers=1, max_requests=3)) as server:
+        pids = [int(ask(server.server_address)) for _ in range(7)]
+    assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
+    assert server.statistics().exited >= 2
+
+
+def test_graceful_stop_finishes_the_request_in_flight() -> None:
+    class TwoLines(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.wfile.write(b"started\n")
+            self.wfile.write(self.rfile.readline().upper())
+
+    server = prefork(TwoLines, workers=1)
+    with serve_in_thread(server):
+        client = connect(server.server_address)
+        with client:
+            client.sendall(b"one\n")
+            assert client.makefile("rb").readline() == b"started\n"
+            stopper = threading.Thread(target=server.shutdown)
+            stopper.start()
+            wait_for(lambda: server.statistics().target == 0, what="stop to begin")
+            client.sendall(b"two\n")
+            assert recv_all(client) == b"TWO\n"
+            stopper.join(IO_TIMEOUT)
+            assert not stopper.is_alive()
+    stats = server.statistics()
+    assert stats.exited == 1 and stats.crashed == 0
+
+
+def test_stuck_worker_is_killed_after_the_graceful_timeout() -> None:
+    class Stuck(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"stuck\n")
+            self.rfile.read()  # until the client closes: never, during the test
+
+    server = prefork(Stuck, workers=1, graceful_timeout=0.2)
+    with connect(server.server_address) as client:
+        with serve_in_thread(server):
+            assert client.makefile("rb").readline() == b"stuck\n"
+        stats = server.statistics()
+        assert stats.crashed == 1 and stats.workers == 0
+
+
+def test_shutdown_from_a_workers_handler_stops_the_whole_server() -> None:
+    server = prefork(workers=2)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        assert ask(server.server_address, b"stop all\n").strip().isdigit()
+        loop.join(IO_TIMEOUT)
+        assert not loop.is_alive()
+    finally:
+        server.server_close()
+    assert server.statistics().workers == 0
+
+
+def test_set_workers_grows_and_shrinks() -> None:
+    with serve_in_thread(prefork(workers=1)) as server:
+        ask(server.server_address)
+        server.set_workers(3)
+        wait_for(lambda: len(server.worker_pids()) == 3, what="three workers")
+        server.set_workers(1)
+        wait_for(lambda: len(server.worker_pids()) == 1, what="one worker")
+        assert ask(server.server_address).strip().isdigit()
+    assert server.statistics().crashed == 0
+    with pytest.raises(ValueError):
+        server.set_workers(0)
+
+
+def test_udp_and_unix_workers(unix_path: str) -> None:
+    class DatagramPid(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"%d" % os.getpid())
+
+    with serve_in_thread(prefork(DatagramPid, sockserve.PreForkUDPServer)) as server:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(IO_TIMEOUT)
+            client.sendto(b"x", server.server_address)
+            assert int(client.recv(100)) != os.getpid()
+    with serve_in_thread(prefork(Pid, sockserve.PreForkUnixStreamServer, unix_path)):
+        assert int(ask(unix_path, family=socket.AF_UNIX)) != os.getpid()
+    assert not os.path.exists(unix_path)  # removed by the supervisor, not a worker
+
+
+def test_workers_with_a_thread_pool_each() -> None:
+
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            # Two requests held open at once in one worker process: only a pool can.
+            self.wfile.write(b"%d %d\n" % (os.getpid(), threading.get_ident()))
+            self.rfile.readline()
+
+    class Server(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.TCPServer):
+        workers = 1
+        max_workers = 4
+        graceful_timeout = IO_TIMEOUT
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Hold)) as server:
+        first, second = connect(server.server_address), connect(server.server_address)
+        with first, second:
+            a = first.makefile("rb").readline().split()
+            b = second.makefile("rb").readline().split()
+            assert a[0] == b[0] and a[1] != b[1]  # same worker, two threads
+            first.sendall(b"done\n")
+            second.sendall(b"done\n")
