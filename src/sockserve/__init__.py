@@ -12,12 +12,8 @@ import socket as _socket
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._server import BaseServer, TCPServer, UDPServer
-from ._workers import (
-    ThreadPoolMixIn,
-    ThreadPoolStatistics,
-    ThreadPoolTCPServer,
-    ThreadPoolUDPServer,
-)
+from ._workers import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
+from .stats import ServerStatistics
 
 __version__ = "0.1.0"
 
@@ -27,7 +23,7 @@ __all__ = [
     "BaseRequestHandler", "StreamRequestHandler",
     "DatagramRequestHandler", "ThreadingMixIn",
     # sockserve's own
-    "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer", "ThreadPoolStatistics",
+    "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer", "ServerStatistics",
 ]
 
 if hasattr(_os, "fork"):

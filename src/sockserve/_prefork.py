@@ -9,6 +9,7 @@ whatever mix-in comes after ``PreForkMixIn`` (serial by default, or ``ThreadPool
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -21,6 +22,7 @@ from ._mixins import _ConcurrencyMixIn
 from ._server import BaseServer, TCPServer, UDPServer
 from ._wakeup import SHUTDOWN, Waker
 from .concurrency.prefork import Supervisor, SupervisorStatistics, unblock_stop_signals
+from .stats import ServerStatistics
 
 logger = logging.getLogger("sockserve.prefork")
 
@@ -49,7 +51,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
         """True in a worker process, False in the supervisor."""
         return self._supervisor_waker is not None
 
-    def _serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
+    def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
                     poll_interval: float | None) -> None:
         if self.in_worker:
             # A stop signal must reach the loop even when the Python-level handler is
@@ -59,7 +61,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
             previous = signal.set_wakeup_fd(waker.write_fileno(), warn_on_full_buffer=False)
             unblock_stop_signals()
             try:
-                super()._serve_loop(selector, waker, poll_interval)
+                super()._sockserve_serve_loop(selector, waker, poll_interval)
             finally:
                 signal.set_wakeup_fd(previous)
             return
@@ -72,7 +74,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
         self.socket.setblocking(False)
         self._supervisor = supervisor = Supervisor(lambda: self._worker_main(waker), self.workers)
         try:
-            while not self._stop_requested():
+            while not self._sockserve_stop_requested():
                 supervisor.reap(selector)
                 supervisor.target = self.workers
                 supervisor.shrink()
@@ -82,7 +84,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
                     timeout = poll_interval
                 for key, _ in selector.select(timeout):
                     if key.fileobj is waker:
-                        self._read_wakeups(waker)
+                        self._sockserve_read_wakeups(waker)
                 self.service_actions()
         finally:
             supervisor.stop(self.graceful_timeout)
@@ -110,8 +112,8 @@ class PreForkMixIn(_ConcurrencyMixIn):
             finally:
                 os._exit(status)
 
-    def _read_wakeups(self, waker: Waker) -> bytes:
-        messages = super()._read_wakeups(waker)
+    def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
+        messages = super()._sockserve_read_wakeups(waker)
         if self.in_worker and bytes([signal.SIGTERM]) in messages:
             BaseServer.shutdown(self)  # from the loop's thread: sets the flag, returns
         return messages
@@ -136,20 +138,24 @@ class PreForkMixIn(_ConcurrencyMixIn):
         if workers < 1:
             raise ValueError("need at least one worker")
         self.workers = workers
-        self._wake_loop()
+        self._sockserve_wake()
 
     def worker_pids(self) -> list[int]:
         """The worker processes alive now (empty unless serving)."""
         return self._supervisor.pids() if self._supervisor is not None else []
 
-    def statistics(self) -> Any:
-        """In the supervisor: ``SupervisorStatistics``; in a worker: the next mix-in's."""
+    def statistics(self) -> ServerStatistics:
+        """In the supervisor, ``workers`` describes the worker processes (each worker
+        keeps its own counters; the supervisor's count nothing, as it accepts nothing)."""
+        snapshot = super().statistics()
         if self.in_worker:
-            return super().statistics()  # type: ignore[misc]
+            return snapshot
         if self._supervisor is None:
-            return SupervisorStatistics(workers=0, target=self.workers, spawned=0, exited=0,
-                                        crashed=0)
-        return self._supervisor.statistics()
+            workers = SupervisorStatistics(workers=0, target=self.workers, spawned=0,
+                                           exited=0, crashed=0)
+        else:
+            workers = self._supervisor.statistics()
+        return dataclasses.replace(snapshot, workers=workers)
 
     def server_close(self) -> None:
         if self._supervisor is not None:

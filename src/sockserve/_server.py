@@ -14,12 +14,15 @@ import logging
 import os
 import selectors
 import socket
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
 from ._wakeup import RECHECK, SHUTDOWN, Waker
+from .stats import Counters, ServerStatistics
+from .tls import DEFAULT_HANDSHAKE_TIMEOUT, Handshake, HandshakeDriver, blocking_handshake
 
 logger = logging.getLogger("sockserve.server")
 
@@ -54,6 +57,9 @@ class BaseServer:
     """
 
     timeout: float | None = None
+    # TLS for stream servers (see tls.py): None serves plain connections.
+    ssl_context: ssl.SSLContext | None = None
+    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
 
     if TYPE_CHECKING:  # provided by subclasses, as in the stdlib (and typeshed)
         socket: socket.socket
@@ -73,6 +79,8 @@ class BaseServer:
         self.__waker: Waker | None = None
         self.__accept_resume_at = 0.0
         self.__accept_backoff = 0.0
+        self.__handshakes: HandshakeDriver | None = None
+        self._sockserve_counters = Counters()
 
     # -- the loop ---------------------------------------------------------------
 
@@ -98,7 +106,13 @@ class BaseServer:
             self.__loop_owner = (os.getpid(), threading.get_ident())
             with _ServerSelector() as selector:
                 selector.register(waker, selectors.EVENT_READ)
-                self._serve_loop(selector, waker, poll_interval)
+                self.__handshakes = HandshakeDriver(selector, self.__dispatch,
+                                                    self.__handshake_failed)
+                try:
+                    self._sockserve_serve_loop(selector, waker, poll_interval)
+                finally:
+                    self.__handshakes.close()
+                    self.__handshakes = None
         finally:
             self.__loop_owner = None
             if self.__waker is not None:
@@ -107,27 +121,31 @@ class BaseServer:
             self.__shutdown_request = False
             self.__is_shut_down.set()
 
-    def _serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
+    def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
                     poll_interval: float | None) -> None:
         listening = False
         while not self.__shutdown_request:
             pause = self.__accept_resume_at - time.monotonic()
-            if listening != (pause <= 0 and self._has_capacity()):
+            if listening != (pause <= 0 and self._sockserve_has_capacity()):
                 if listening:
                     selector.unregister(self)
                 else:
                     selector.register(self, selectors.EVENT_READ)
                 listening = not listening
             timeout = poll_interval
-            if pause > 0 and (timeout is None or pause < timeout):
-                timeout = pause
+            handshake_due = self.__handshakes.expire() if self.__handshakes else None
+            for due in (pause, handshake_due):
+                if due is not None and due > 0 and (timeout is None or due < timeout):
+                    timeout = due
             ready = selector.select(timeout)
             request_ready = False
             for key, _ in ready:
                 if key.fileobj is self:
                     request_ready = True
                 elif key.fileobj is waker:
-                    self._read_wakeups(waker)
+                    self._sockserve_read_wakeups(waker)
+                elif isinstance(key.data, Handshake) and self.__handshakes is not None:
+                    self.__handshakes.advance(key.data)
             # Checked after every wait, so that nothing is accepted once shutdown() has
             # been requested (bpo-35017).
             if self.__shutdown_request:
@@ -157,7 +175,7 @@ class BaseServer:
     def service_actions(self) -> None:
         """Called by the ``serve_forever()`` loop; may be overridden."""
 
-    def _read_wakeups(self, waker: Waker) -> bytes:
+    def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
         """Act on the messages that woke the loop (another process may have sent them).
 
         Returns them, for subclasses that understand more kinds.
@@ -167,15 +185,27 @@ class BaseServer:
             self.__shutdown_request = True
         return messages
 
-    def _stop_requested(self) -> bool:
+    def _sockserve_stop_requested(self) -> bool:
         """Whether ``shutdown()`` has asked the running loop to stop."""
         return self.__shutdown_request
 
-    def _has_capacity(self) -> bool:
+    def _sockserve_has_capacity(self) -> bool:
         """Whether the loop may accept a request now (a full pool says no)."""
         return True
 
-    def _wake_loop(self) -> None:
+    def _sockserve_preparing(self) -> int:
+        """Accepted requests not yet handed to process_request() (TLS handshakes)."""
+        return len(self.__handshakes) if self.__handshakes is not None else 0
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of this process's counters (see stats.py)."""
+        c = self._sockserve_counters
+        return ServerStatistics(
+            accepted=c.accepted, denied=c.denied, rejected=c.rejected,
+            tls_failed=c.tls_failed, tls_timed_out=c.tls_timed_out,
+            tls_in_progress=self._sockserve_preparing())
+
+    def _sockserve_wake(self) -> None:
         """Make a running ``serve_forever()`` look at its state again; any thread."""
         waker = self.__waker
         if waker is not None:
@@ -214,24 +244,53 @@ class BaseServer:
         try:
             request, client_address = self.get_request()
         except OSError as exc:
-            self._accept_failed(exc)
+            self.__accept_failed(exc)
             return
+        self._sockserve_counters.accepted += 1
         if self.__accept_backoff:
             logger.info("accepting again on %s", self.server_address)
             self.__accept_backoff = 0.0
-        if self.verify_request(request, client_address):
-            try:
-                self.process_request(request, client_address)
-            except Exception:
-                self.handle_error(request, client_address)
-                self.shutdown_request(request)
-            except BaseException:
-                self.shutdown_request(request)
-                raise
-        else:
+        if not self.verify_request(request, client_address):
+            self._sockserve_counters.denied += 1
             self.shutdown_request(request)
+        elif self.ssl_context is not None:
+            self.__start_tls(request, client_address)
+        else:
+            self.__dispatch(request, client_address)
 
-    def _accept_failed(self, exc: OSError) -> None:
+    def __dispatch(self, request: Any, client_address: Any) -> None:
+        """process_request(), with the stdlib's error handling around it."""
+        try:
+            self.process_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+            self.shutdown_request(request)
+        except BaseException:
+            self.shutdown_request(request)
+            raise
+
+    def __start_tls(self, request: Any, client_address: Any) -> None:
+        """Hand the handshake to the loop, or (under handle_request()) do it here."""
+        context = self.ssl_context
+        assert context is not None
+        if self.__handshakes is not None:
+            self.__handshakes.start(context, request, client_address, self.handshake_timeout)
+            return
+        try:
+            tls = blocking_handshake(context, request, self.handshake_timeout)
+        except (ssl.SSLError, OSError) as exc:
+            logger.info("TLS with %s: handshake failed: %s", client_address, exc)
+            self.__handshake_failed(client_address, isinstance(exc, TimeoutError))
+            return
+        self.__dispatch(tls, client_address)
+
+    def __handshake_failed(self, client_address: Any, timed_out: bool) -> None:
+        if timed_out:
+            self._sockserve_counters.tls_timed_out += 1
+        else:
+            self._sockserve_counters.tls_failed += 1
+
+    def __accept_failed(self, exc: OSError) -> None:
         """Back off on resource exhaustion, skip per-client errors, log anything else."""
         if exc.errno in ACCEPT_CAPACITY_ERRNOS:
             first = not self.__accept_backoff

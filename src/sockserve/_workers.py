@@ -4,27 +4,20 @@ ready-made pool servers.  The work itself is done by ``concurrency.pool.WorkerPo
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import socket
 import threading
-from dataclasses import dataclass
 from typing import Any, Literal
 
 from ._mixins import _ConcurrencyMixIn, run_request
 from ._server import TCPServer, UDPServer
-from .concurrency.pool import PoolStatistics, WorkerPool
+from .concurrency.pool import WorkerPool
+from .stats import ServerStatistics
 
 logger = logging.getLogger("sockserve.pool")
 
 OverloadPolicy = Literal["pause", "reject"]
-
-
-@dataclass(frozen=True)
-class ThreadPoolStatistics:
-    """``ThreadPoolMixIn.statistics()``: the pool's snapshot plus the server's counters."""
-
-    pool: PoolStatistics
-    rejected: int  # requests accepted and then refused because the pool was full
 
 
 class ThreadPoolMixIn(_ConcurrencyMixIn):
@@ -51,7 +44,6 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
 
     _pool_instance: WorkerPool | None = None
     _pool_lock = threading.Lock()
-    _rejected = 0
 
     @property
     def pool(self) -> WorkerPool:
@@ -64,7 +56,7 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
                         raise ValueError(f"unknown overload policy {self.overload!r}")
                     self._pool_instance = WorkerPool(
                         self.process_request_thread, max_workers=self.max_workers,
-                        max_queue=self.max_queue, on_capacity=self._wake_loop,
+                        max_queue=self.max_queue, on_capacity=self._sockserve_wake,
                         daemon=self.daemon_threads, name=f"{type(self).__name__}-worker")
                 pool = self._pool_instance
         return pool
@@ -82,12 +74,14 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
         elif not self.pool.submit_nowait(request, client_address):
             self.reject_request(request, client_address)
 
-    def _has_capacity(self) -> bool:
-        return self.overload != "pause" or self.pool.has_capacity()
+    def _sockserve_has_capacity(self) -> bool:
+        # Requests still in their TLS handshake will need a slot too: keep it for them.
+        return self.overload != "pause" or self.pool.has_capacity(
+            reserve=self._sockserve_preparing())
 
     def reject_request(self, request: Any, client_address: Any) -> None:
         """Refuse a request the full pool cannot take: busy reply, close, count."""
-        self._rejected += 1
+        self._sockserve_counters.rejected += 1
         logger.warning("pool full (%d workers, %d queued): rejecting %s",
                        self.max_workers, self.max_queue, client_address)
         if self.busy_reply is not None:
@@ -106,8 +100,8 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
         self.max_workers = max_workers
         self.pool.resize(max_workers)
 
-    def statistics(self) -> ThreadPoolStatistics:
-        return ThreadPoolStatistics(pool=self.pool.statistics(), rejected=self._rejected)
+    def statistics(self) -> ServerStatistics:
+        return dataclasses.replace(super().statistics(), pool=self.pool.statistics())
 
     def server_close(self) -> None:
         super().server_close()

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import sockserve
+from sockserve.concurrency.pool import PoolStatistics
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all
 
@@ -55,6 +56,12 @@ def pool_server(handler: type, *, address: Any = ("127.0.0.1", 0),
     return server
 
 
+def pool_stats(server: sockserve.ThreadPoolMixIn) -> PoolStatistics:
+    stats = server.statistics().pool
+    assert stats is not None
+    return stats
+
+
 def worker_threads(server: sockserve.ThreadPoolMixIn) -> list[threading.Thread]:
     prefix = f"{type(server).__name__}-worker"
     return [t for t in threading.enumerate() if t.name.startswith(prefix)]
@@ -77,7 +84,7 @@ def test_tcp_echo() -> None:
             client.sendall(b"a\nb\n")
             client.shutdown(socket.SHUT_WR)
             assert recv_all(client) == b"a\nb\n"
-    assert server.statistics().pool.completed == 1  # closing waited for the worker
+    assert pool_stats(server).completed == 1  # closing waited for the worker
 
 
 def test_unix_stream_and_datagram_echo(unix_path: str) -> None:
@@ -117,8 +124,8 @@ def test_pause_policy_bounds_threads_and_loses_nothing() -> None:
                 clients.append(connect(server.server_address))
                 clients[-1].sendall(b"%d\n" % n)
             gate.wait_entered(2)
-            stats = server.statistics()
-            assert stats.pool.busy == 2 and stats.pool.queued <= 1
+            stats = pool_stats(server)
+            assert stats.busy == 2 and stats.queued <= 1
             assert len(worker_threads(server)) == 2
             gate.released.set()
             replies = [recv_all(c) for c in clients]
@@ -128,7 +135,7 @@ def test_pause_policy_bounds_threads_and_loses_nothing() -> None:
     assert replies == [b"%d\n" % n for n in range(8)]
     assert gate.max_running == 2
     assert server.statistics().rejected == 0
-    assert server.statistics().pool.completed == 8
+    assert pool_stats(server).completed == 8
 
 
 @pytest.mark.parametrize("busy_reply, expected", [(b"busy\n", b"busy\n"), (None, b"")])
@@ -193,7 +200,7 @@ def test_resize_while_serving() -> None:
         for thread in worker_threads(server):
             thread.join(0.2)
         assert len(worker_threads(server)) == 1
-        assert server.statistics().pool.max_workers == 1
+        assert pool_stats(server).max_workers == 1
 
 
 def test_handler_errors_are_logged_and_workers_survive(caplog: pytest.LogCaptureFixture) -> None:
@@ -226,7 +233,7 @@ def test_server_close_waits_for_queued_requests() -> None:
         gate.wait_entered(1)
         gate.released.set()
         server.server_close()  # must run the two queued requests before returning
-        assert server.statistics().pool.completed == 3
+        assert pool_stats(server).completed == 3
         assert [recv_all(c) for c in clients] == [b"0\n", b"1\n", b"2\n"]
     finally:
         for c in clients:

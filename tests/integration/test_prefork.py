@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import sockserve
+from sockserve.concurrency.prefork import SupervisorStatistics
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
@@ -32,6 +33,12 @@ def prefork(handler: type = Pid, server_class: type = sockserve.PreForkTCPServer
     return type("Server", (server_class,), settings)(address, handler)
 
 
+def workers(server: sockserve.PreForkMixIn) -> SupervisorStatistics:
+    stats = server.statistics().workers
+    assert stats is not None
+    return stats
+
+
 def ask(address: Any, line: bytes = b"pid\n", family: int = socket.AF_INET) -> bytes:
     with connect(address, family) as client:
         client.sendall(line)
@@ -44,7 +51,7 @@ def test_workers_serve_and_the_supervisor_does_not() -> None:
         wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
         assert os.getpid() not in pids
         assert pids <= set(server.worker_pids())
-    stats = server.statistics()
+    stats = workers(server)
     assert stats.workers == 0 and stats.crashed == 0 and stats.exited == 2
 
 
@@ -55,7 +62,7 @@ def test_a_crashed_worker_is_replaced() -> None:
         # The next request waits in the backlog until the replacement accepts it.
         second = int(ask(server.server_address))
         assert second != first
-        stats = server.statistics()
+        stats = workers(server)
         assert stats.crashed == 1 and stats.spawned == 2
 
 
@@ -63,7 +70,7 @@ def test_max_requests_recycles_workers() -> None:
     with serve_in_thread(prefork(workers=1, max_requests=3)) as server:
         pids = [int(ask(server.server_address)) for _ in range(7)]
     assert pids[0] == pids[1] == pids[2] != pids[3] == pids[4] == pids[5] != pids[6]
-    assert server.statistics().exited >= 2
+    assert workers(server).exited >= 2
 
 
 def test_graceful_stop_finishes_the_request_in_flight() -> None:
@@ -81,12 +88,12 @@ def test_graceful_stop_finishes_the_request_in_flight() -> None:
             assert client.makefile("rb").readline() == b"started\n"
             stopper = threading.Thread(target=server.shutdown)
             stopper.start()
-            wait_for(lambda: server.statistics().target == 0, what="stop to begin")
+            wait_for(lambda: workers(server).target == 0, what="stop to begin")
             client.sendall(b"two\n")
             assert recv_all(client) == b"TWO\n"
             stopper.join(IO_TIMEOUT)
             assert not stopper.is_alive()
-    stats = server.statistics()
+    stats = workers(server)
     assert stats.exited == 1 and stats.crashed == 0
 
 
@@ -100,7 +107,7 @@ def test_stuck_worker_is_killed_after_the_graceful_timeout() -> None:
     with connect(server.server_address) as client:
         with serve_in_thread(server):
             assert client.makefile("rb").readline() == b"stuck\n"
-        stats = server.statistics()
+        stats = workers(server)
         assert stats.crashed == 1 and stats.workers == 0
 
 
@@ -114,7 +121,7 @@ def test_shutdown_from_a_workers_handler_stops_the_whole_server() -> None:
         assert not loop.is_alive()
     finally:
         server.server_close()
-    assert server.statistics().workers == 0
+    assert workers(server).workers == 0
 
 
 def test_set_workers_grows_and_shrinks() -> None:
@@ -125,7 +132,7 @@ def test_set_workers_grows_and_shrinks() -> None:
         server.set_workers(1)
         wait_for(lambda: len(server.worker_pids()) == 1, what="one worker")
         assert ask(server.server_address).strip().isdigit()
-    assert server.statistics().crashed == 0
+    assert workers(server).crashed == 0
     with pytest.raises(ValueError):
         server.set_workers(0)
 

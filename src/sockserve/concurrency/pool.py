@@ -67,13 +67,15 @@ class WorkerPool:
 
     # -- submitting ---------------------------------------------------------------
 
-    def has_capacity(self) -> bool:
-        """True if a request submitted now would run or queue without waiting."""
+    def has_capacity(self, reserve: int = 0) -> bool:
+        """True if a request submitted now would run or queue without waiting, after
+        *reserve* slots are kept for requests that will be submitted later."""
         with self._cond:
-            return self._has_capacity()
+            return self._has_capacity(reserve)
 
-    def _has_capacity(self) -> bool:
-        return self._busy + len(self._queue) < self._max_workers + self._max_queue
+    def _has_capacity(self, reserve: int = 0) -> bool:
+        outstanding = self._busy + len(self._queue) + reserve
+        return outstanding < self._max_workers + self._max_queue
 
     def submit_nowait(self, request: Any, client_address: Any) -> bool:
         """Hand a request to the pool; False (and nothing done) if it is full."""

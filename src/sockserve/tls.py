@@ -1,0 +1,182 @@
+"""TLS for stream servers: safe server contexts, and handshakes the loop never waits on.
+
+Set ``server.ssl_context`` (any ``ssl.SSLContext``; ``server_context()`` builds a safe
+one) on a stream server.  Each accepted connection is wrapped and its handshake is
+driven non-blocking by the serving loop's selector, with its own deadline
+(``handshake_timeout``, 30 s by default, as in AnyIO): a client that connects and sends
+nothing delays nobody.  Only a completed handshake reaches ``process_request()``, so
+every concurrency model gets an ``ssl.SSLSocket`` as ``request`` and handlers see the
+peer certificate (``request.getpeercert()``) and ALPN protocol
+(``request.selected_alpn_protocol()``).  Failures and timeouts are logged at INFO
+(a port scanner should not flood the log) and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import ssl
+import time
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
+
+logger = logging.getLogger("sockserve.tls")
+
+DEFAULT_HANDSHAKE_TIMEOUT = 30.0
+
+ClientVerification = Literal["none", "optional", "required"]
+_VERIFY_MODES = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL,
+                 "required": ssl.CERT_REQUIRED}
+
+
+def server_context(certfile: str | os.PathLike[str], keyfile: str | os.PathLike[str] | None = None,
+                   *, password: str | None = None, client_cafile: str | None = None,
+                   verify_client: ClientVerification = "none",
+                   alpn_protocols: Iterable[str] = ()) -> ssl.SSLContext:
+    """A server-side context with safe defaults: TLS 1.2 or newer, the ssl module's
+    default cipher choice, certificate chain loaded.
+
+    Args:
+        certfile, keyfile, password: the server's certificate chain and key (PEM).
+        client_cafile: CA bundle that client certificates must chain to.
+        verify_client: ask for a client certificate: "optional" checks one if sent,
+            "required" refuses clients without a valid one.
+        alpn_protocols: protocols offered in ALPN, in order of preference.
+
+    Raises:
+        ValueError: verify_client needs client_cafile.
+        ssl.SSLError, OSError: the files cannot be loaded.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(certfile, keyfile, password)
+    if verify_client != "none":
+        if client_cafile is None:
+            raise ValueError(f"verify_client={verify_client!r} needs client_cafile")
+        context.load_verify_locations(client_cafile)
+    context.verify_mode = _VERIFY_MODES[verify_client]
+    protocols = list(alpn_protocols)
+    if protocols:
+        context.set_alpn_protocols(protocols)
+    return context
+
+
+class Handshake:
+    """One server-side handshake on an accepted socket, advanced without blocking."""
+
+    __slots__ = ("tls", "client_address", "deadline", "waiting_for")
+
+    def __init__(self, context: ssl.SSLContext, sock: Any, client_address: Any,
+                 timeout: float) -> None:
+        sock.setblocking(False)
+        self.tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.client_address = client_address
+        self.deadline = time.monotonic() + timeout
+        self.waiting_for = selectors.EVENT_READ
+
+    def fileno(self) -> int:
+        return self.tls.fileno()
+
+    def advance(self) -> bool:
+        """Go as far as possible; True when complete (the socket is blocking again).
+
+        Raises:
+            ssl.SSLError, OSError: the handshake failed.
+        """
+        try:
+            self.tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self.waiting_for = selectors.EVENT_READ
+            return False
+        except ssl.SSLWantWriteError:
+            self.waiting_for = selectors.EVENT_WRITE
+            return False
+        self.tls.setblocking(True)
+        return True
+
+
+class HandshakeDriver:
+    """The handshakes in progress in one serving loop.
+
+    Args:
+        selector: the loop's selector; handshakes are registered with themselves as data.
+        done: called with (ssl_socket, client_address) for each completed handshake.
+        failed: called with (client_address, timed_out) after a failure or a timeout;
+            the socket is already closed.
+    """
+
+    def __init__(self, selector: selectors.BaseSelector,
+                 done: Callable[[ssl.SSLSocket, Any], None],
+                 failed: Callable[[Any, bool], None]) -> None:
+        self._selector = selector
+        self._done = done
+        self._failed = failed
+        self._pending: set[Handshake] = set()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def start(self, context: ssl.SSLContext, sock: Any, client_address: Any,
+              timeout: float) -> None:
+        handshake = Handshake(context, sock, client_address, timeout)
+        self._pending.add(handshake)
+        self._selector.register(handshake, handshake.waiting_for, handshake)
+        self.advance(handshake)  # the ClientHello is often already here
+
+    def advance(self, handshake: Handshake) -> None:
+        """Called when the selector reports the handshake's socket ready."""
+        try:
+            complete = handshake.advance()
+        except (ssl.SSLError, OSError) as exc:
+            self._drop(handshake, f"handshake failed: {exc}")
+            return
+        if complete:
+            self._selector.unregister(handshake)
+            self._pending.discard(handshake)
+            self._done(handshake.tls, handshake.client_address)
+        else:
+            self._selector.modify(handshake, handshake.waiting_for, handshake)
+
+    def expire(self) -> float | None:
+        """Drop handshakes past their deadline; returns seconds until the next one."""
+        now = time.monotonic()
+        nearest: float | None = None
+        for handshake in list(self._pending):
+            left = handshake.deadline - now
+            if left <= 0:
+                self._drop(handshake, "handshake timed out", timed_out=True)
+            elif nearest is None or left < nearest:
+                nearest = left
+        return nearest
+
+    def close(self) -> None:
+        """Abandon every handshake in progress (the loop is stopping)."""
+        for handshake in list(self._pending):
+            self._drop(handshake, "server stopping", report=False)
+
+    def _drop(self, handshake: Handshake, reason: str, *, timed_out: bool = False,
+              report: bool = True) -> None:
+        self._pending.discard(handshake)
+        self._selector.unregister(handshake)
+        handshake.tls.close()
+        if report:
+            logger.info("TLS with %s: %s", handshake.client_address, reason)
+            self._failed(handshake.client_address, timed_out)
+
+
+def blocking_handshake(context: ssl.SSLContext, sock: Any, timeout: float) -> ssl.SSLSocket:
+    """The handshake for ``handle_request()``, which has no loop: bounded by *timeout*.
+
+    Raises:
+        ssl.SSLError, OSError (TimeoutError after *timeout*): the socket is closed.
+    """
+    sock.settimeout(timeout)
+    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    try:
+        tls.do_handshake()
+    except BaseException:
+        tls.close()
+        raise
+    tls.settimeout(None)
+    return tls
