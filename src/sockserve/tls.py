@@ -48,12 +48,12 @@ def server_context(certfile: str | os.PathLike[str], keyfile: str | os.PathLike[
         ValueError: verify_client needs client_cafile.
         ssl.SSLError, OSError: the files cannot be loaded.
     """
+    if verify_client != "none" and client_cafile is None:
+        raise ValueError(f"verify_client={verify_client!r} needs client_cafile")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(certfile, keyfile, password)
-    if verify_client != "none":
-        if client_cafile is None:
-            raise ValueError(f"verify_client={verify_client!r} needs client_cafile")
+    if client_cafile is not None:
         context.load_verify_locations(client_cafile)
     context.verify_mode = _VERIFY_MODES[verify_client]
     protocols = list(alpn_protocols)

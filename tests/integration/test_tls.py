@@ -1,0 +1,176 @@
+"""TLS on stream servers: handshakes off the request path, failures counted, reload."""
+
+from __future__ import annotations
+
+import datetime
+import socket
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import trustme
+
+import sockserve
+from sockserve import tls
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_ctx(ca: trustme.CA) -> Iterator[ssl.SSLContext]:
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    with cert.private_key_and_cert_chain_pem.tempfile() as pem:
+        yield tls.server_context(pem, alpn_protocols=["h2", "http/1.1"])
+
+
+def client_ctx(ca: trustme.CA, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+class Info(sockserve.StreamRequestHandler):
+    """Echoes a line, then reports what the handler can see of the TLS session."""
+
+    def handle(self) -> None:
+        line = self.rfile.readline()
+        peer = self.request.getpeercert()
+        subject = dict(x[0] for x in peer["subject"]) if peer else {}
+        self.wfile.write(line)
+        self.wfile.write(b"alpn=%s cn=%s\n" % (
+            (self.request.selected_alpn_protocol() or "-").encode(),
+            subject.get("commonName", "-").encode()))
+
+
+def tls_exchange(address: Any, ctx: ssl.SSLContext, line: bytes = b"hello\n") -> list[bytes]:
+    with connect(address) as raw, ctx.wrap_socket(raw, server_hostname="localhost") as conn:
+        conn.sendall(line)
+        with conn.makefile("rb") as replies:
+            return replies.readlines()
+
+
+def tls_server(server_class: type, ctx: ssl.SSLContext, handler: type = Info,
+               **settings: Any) -> Any:
+    server = type("Server", (server_class,), settings)(("127.0.0.1", 0), handler)
+    server.ssl_context = ctx
+    return server
+
+
+@pytest.mark.parametrize("server_class", [
+    sockserve.TCPServer, sockserve.ThreadingTCPServer, sockserve.ForkingTCPServer,
+    sockserve.ThreadPoolTCPServer, sockserve.PreForkTCPServer])
+def test_round_trip_in_every_model(server_class: type, ca: trustme.CA,
+                                   server_ctx: ssl.SSLContext) -> None:
+    settings: dict[str, Any] = {"graceful_timeout": IO_TIMEOUT} if issubclass(
+        server_class, sockserve.PreForkMixIn) else {}
+    with serve_in_thread(tls_server(server_class, server_ctx, **settings)) as server:
+        replies = tls_exchange(server.server_address, client_ctx(ca, alpn=["http/1.1"]))
+    assert replies == [b"hello\n", b"alpn=http/1.1 cn=-\n"]
+
+
+def test_unix_stream_server(ca: trustme.CA, server_ctx: ssl.SSLContext, unix_path: str) -> None:
+    server = sockserve.UnixStreamServer(unix_path, Info)
+    server.ssl_context = server_ctx
+    with serve_in_thread(server):
+        with connect(unix_path, socket.AF_UNIX) as raw:
+            with client_ctx(ca).wrap_socket(raw, server_hostname="localhost") as conn:
+                conn.sendall(b"unix\n")
+                assert conn.makefile("rb").readline() == b"unix\n"
+
+
+def test_a_silent_client_delays_nobody(ca: trustme.CA, server_ctx: ssl.SSLContext) -> None:
+    # A serial server: if the handshake ran on the loop, the second client would wait.
+    with serve_in_thread(tls_server(sockserve.TCPServer, server_ctx)) as server:
+        with connect(server.server_address):  # connects, sends nothing
+            wait_for(lambda: server.statistics().tls_in_progress == 1, what="handshake")
+            replies = tls_exchange(server.server_address, client_ctx(ca))
+            assert replies[0] == b"hello\n"
+            assert server.statistics().tls_in_progress == 1
+
+
+def test_handshake_timeout_closes_and_counts(server_ctx: ssl.SSLContext) -> None:
+    server = tls_server(sockserve.TCPServer, server_ctx, handshake_timeout=0.1)
+    with serve_in_thread(server):
+        with connect(server.server_address) as silent:
+            assert recv_all(silent) == b""  # the server gave up and closed
+        stats = server.statistics()
+    assert stats.tls_timed_out == 1 and stats.tls_failed == 0 and stats.tls_in_progress == 0
+
+
+@pytest.mark.parametrize("problem", ["unknown CA", "expired", "plain-text client"])
+def test_bad_handshakes_fail_cleanly(problem: str, ca: trustme.CA,
+                                     server_ctx: ssl.SSLContext) -> None:
+    if problem == "expired":
+        old = ca.issue_cert("localhost", not_after=datetime.datetime(2020, 1, 1,
+                                                                   tzinfo=datetime.timezone.utc))
+        with old.private_key_and_cert_chain_pem.tempfile() as pem:
+            ctx = tls.server_context(pem)
+    else:
+        ctx = server_ctx
+    with serve_in_thread(tls_server(sockserve.ThreadingTCPServer, ctx)) as server:
+        if problem == "plain-text client":
+            with connect(server.server_address) as plain:
+                plain.sendall(b"GET / HTTP/1.0\r\n\r\n")
+                try:
+                    assert recv_all(plain).startswith(b"\x15")  # at most a TLS alert
+                except ConnectionResetError:
+                    pass  # closed with our request unread: a reset is as good
+        else:
+            trusting = client_ctx(trustme.CA() if problem == "unknown CA" else ca)
+            with pytest.raises(ssl.SSLCertVerificationError):
+                tls_exchange(server.server_address, trusting)
+        wait_for(lambda: server.statistics().tls_failed == 1, what="failure counted")
+        if problem != "expired":  # the server keeps serving well-behaved clients
+            assert tls_exchange(server.server_address, client_ctx(ca))[0] == b"hello\n"
+
+
+def test_client_certificates(ca: trustme.CA) -> None:
+    cert = ca.issue_cert("localhost")
+    with cert.private_key_and_cert_chain_pem.tempfile() as pem, \
+            ca.cert_pem.tempfile() as ca_pem:
+        ctx = tls.server_context(pem, client_cafile=ca_pem, verify_client="required")
+    with serve_in_thread(tls_server(sockserve.ThreadingTCPServer, ctx)) as server:
+        with_cert = client_ctx(ca)
+        ca.issue_cert("alice@example.test", common_name="alice").configure_cert(with_cert)
+        assert tls_exchange(server.server_address, with_cert)[1] == b"alpn=- cn=alice\n"
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            # TLS 1.3: the refusal arrives with the first read after the handshake.
+            tls_exchange(server.server_address, client_ctx(ca))
+    with pytest.raises(ValueError, match="client_cafile"):
+        tls.server_context("unused.pem", verify_client="optional")
+
+
+def test_certificates_reload_without_closing_the_listener(ca: trustme.CA,
+                                                          server_ctx: ssl.SSLContext) -> None:
+    other_ca = trustme.CA()
+    with other_ca.issue_cert("localhost").private_key_and_cert_chain_pem.tempfile() as pem:
+        new_ctx = tls.server_context(pem)
+    with serve_in_thread(tls_server(sockserve.ThreadingTCPServer, server_ctx)) as server:
+        listener = server.socket.fileno()
+        assert tls_exchange(server.server_address, client_ctx(ca))[0] == b"hello\n"
+        server.ssl_context = new_ctx  # new connections get the new certificate
+        assert tls_exchange(server.server_address, client_ctx(other_ca))[0] == b"hello\n"
+        with pytest.raises(ssl.SSLCertVerificationError):
+            tls_exchange(server.server_address, client_ctx(ca))
+        assert server.socket.fileno() == listener
+
+
+def test_handle_request_does_a_bounded_handshake(ca: trustme.CA,
+                                                 server_ctx: ssl.SSLContext) -> None:
+    import threading
+    with tls_server(sockserve.TCPServer, server_ctx) as server:
+        result: list[list[bytes]] = []
+        client = threading.Thread(target=lambda: result.append(
+            tls_exchange(server.server_address, client_ctx(ca))))
+        client.start()
+        server.handle_request()
+        client.join(IO_TIMEOUT)
+    assert result and result[0][0] == b"hello\n"
