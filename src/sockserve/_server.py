@@ -96,6 +96,7 @@ class BaseServer:
 
         Resource handling: a wake-up socketpair lives exactly as long as this call.
         """
+        self.__check_settings()
         self.__is_shut_down.clear()
         try:
             # A shutdown() that came before the loop started ends it before it touches
@@ -216,6 +217,7 @@ class BaseServer:
 
         Calls ``handle_timeout()`` if no request arrived in time.
         """
+        self.__check_settings()
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -235,6 +237,12 @@ class BaseServer:
                     return self._handle_request_noblock()
                 if deadline is not None and time.monotonic() >= deadline:
                     return self.handle_timeout()
+
+    def __check_settings(self) -> None:
+        if self.ssl_context is not None and \
+                getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
+            raise TypeError(f"{type(self).__name__}: TLS (ssl_context) needs a stream "
+                            "server; DTLS is not supported")
 
     def _handle_request_noblock(self) -> None:
         """Accept one request and run it through verify_request → process_request.

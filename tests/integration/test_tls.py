@@ -174,3 +174,12 @@ def test_handle_request_does_a_bounded_handshake(ca: trustme.CA,
         server.handle_request()
         client.join(IO_TIMEOUT)
     assert result and result[0][0] == b"hello\n"
+
+
+def test_datagram_servers_refuse_tls(server_ctx: ssl.SSLContext) -> None:
+    with sockserve.UDPServer(("127.0.0.1", 0), sockserve.DatagramRequestHandler) as server:
+        server.ssl_context = server_ctx
+        with pytest.raises(TypeError, match="DTLS"):
+            server.handle_request()
+        with pytest.raises(TypeError, match="DTLS"):
+            server.serve_forever()
