@@ -9,6 +9,8 @@ import io
 import socket
 from typing import Any
 
+from ._streams import StreamLimits, guarded_files
+
 
 class BaseRequestHandler:
     """Base class for request handlers; subclasses define ``handle()``.
@@ -59,9 +61,15 @@ class StreamRequestHandler(BaseRequestHandler):
             self.connection.settimeout(self.timeout)
         if self.disable_nagle_algorithm:
             self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self.wfile: Any
+        limits = StreamLimits.from_server(self.server)
+        if limits is not None:  # the server sets timeouts or a line limit (_streams.py)
+            self.rfile, self.wfile = guarded_files(self.connection, limits, self.rbufsize,
+                                                   self.wbufsize)
+            return
         self.rfile = self.connection.makefile("rb", self.rbufsize)
         if self.wbufsize == 0:
-            self.wfile: io.BufferedIOBase = _SocketWriter(self.connection)
+            self.wfile = _SocketWriter(self.connection)
         else:
             self.wfile = self.connection.makefile("wb", self.wbufsize)
 

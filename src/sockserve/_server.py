@@ -1,359 +1,18 @@
-"""The compatible core: BaseServer, TCPServer, UDPServer and the Unix-domain servers.
+"""The socket servers: TCPServer, UDPServer and the Unix-domain servers.
 
-Hook names, attributes, defaults and call order are the stdlib's (``socketserver`` in
-CPython 3.10-3.13).  What differs is listed in docs/compatibility.md; in short:
-``shutdown()`` wakes the loop at once and never deadlocks, no request is accepted once
-shutdown is requested, accept() back-off on descriptor exhaustion, errors go through
-``logging``, and Unix socket files are cleaned up.
+Same hooks, attributes and defaults as the stdlib's; Unix socket files are cleaned up
+(``_listen.py``) and stream connections are tracked for limits and drain.
 """
 
 from __future__ import annotations
 
-import errno
-import logging
-import os
-import selectors
 import socket
-import ssl
-import threading
-import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from ._base import BaseServer
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
-from ._wakeup import RECHECK, SHUTDOWN, Waker
-from .stats import Counters, ServerStatistics
-from .tls import DEFAULT_HANDSHAKE_TIMEOUT, Handshake, HandshakeDriver, blocking_handshake
 
-logger = logging.getLogger("sockserve.server")
-
-# poll() needs no extra descriptor and one syscall per wait, like the stdlib's choice.
-_ServerSelector: type[selectors.BaseSelector] = getattr(
-    selectors, "PollSelector", selectors.SelectSelector
-)
-
-# accept() errors that mean the process or the system has run out of something.
-# The listening socket stays readable, so an immediate retry would spin the CPU:
-# log, back off, retry (trio waits 100 ms; asyncio pauses for 1 s).
-ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
-ACCEPT_BACKOFF_FIRST = 0.1
-ACCEPT_BACKOFF_MAX = 1.0
-
-# accept()/recvfrom() errors that only concern one client, or a race with another
-# acceptor: skip them quietly, as the stdlib does (accept(2), "Error handling").
-ACCEPT_IGNORED_ERRNOS = frozenset(
-    {errno.EAGAIN, errno.EWOULDBLOCK, errno.EINTR, errno.ECONNABORTED, errno.EPROTO,
-     errno.ECONNRESET, errno.EPERM}
-)
-
-
-class BaseServer:
-    """Base class for server classes: the serving loop and the request hooks.
-
-    Methods for the caller: ``__init__``, ``serve_forever``, ``shutdown``,
-    ``handle_request``, ``server_close``, ``fileno``.  Methods that may be overridden:
-    ``server_bind``, ``server_activate``, ``get_request``, ``handle_timeout``,
-    ``verify_request``, ``process_request``, ``finish_request``, ``shutdown_request``,
-    ``close_request``, ``service_actions``, ``handle_error``.
-    """
-
-    timeout: float | None = None
-    # TLS for stream servers (see tls.py): None serves plain connections.
-    ssl_context: ssl.SSLContext | None = None
-    handshake_timeout: float = DEFAULT_HANDSHAKE_TIMEOUT
-
-    if TYPE_CHECKING:  # provided by subclasses, as in the stdlib (and typeshed)
-        socket: socket.socket
-
-        def fileno(self) -> int: ...
-        def get_request(self) -> tuple[Any, Any]: ...
-
-    def __init__(self, server_address: Any, RequestHandlerClass: Any) -> None:
-        self.server_address = server_address
-        self.RequestHandlerClass = RequestHandlerClass
-        # Set while no serve_forever() loop runs, so shutdown() never waits for a loop
-        # that does not exist (the stdlib starts it clear and deadlocks).
-        self.__is_shut_down = threading.Event()
-        self.__is_shut_down.set()
-        self.__shutdown_request = False
-        self.__loop_owner: tuple[int, int] | None = None  # (pid, thread id) of the loop
-        self.__waker: Waker | None = None
-        self.__accept_resume_at = 0.0
-        self.__accept_backoff = 0.0
-        self.__handshakes: HandshakeDriver | None = None
-        self._sockserve_counters = Counters()
-
-    # -- the loop ---------------------------------------------------------------
-
-    def server_activate(self) -> None:
-        """Called by the constructor to activate the server; may be overridden."""
-
-    def serve_forever(self, poll_interval: float | None = 0.5) -> None:
-        """Handle one request at a time until ``shutdown()``.
-
-        ``service_actions()`` runs every *poll_interval* seconds and after each request;
-        ``shutdown()`` wakes the loop immediately rather than after *poll_interval*.
-        Ignores ``self.timeout``.
-
-        Resource handling: a wake-up socketpair lives exactly as long as this call.
-        """
-        self.__check_settings()
-        self.__is_shut_down.clear()
-        try:
-            # A shutdown() that came before the loop started ends it before it touches
-            # the socket, which the caller may already have closed.
-            if self.__shutdown_request:
-                return
-            self.__waker = waker = Waker()
-            self.__loop_owner = (os.getpid(), threading.get_ident())
-            with _ServerSelector() as selector:
-                selector.register(waker, selectors.EVENT_READ)
-                self.__handshakes = HandshakeDriver(selector, self.__dispatch,
-                                                    self.__handshake_failed)
-                try:
-                    self._sockserve_serve_loop(selector, waker, poll_interval)
-                finally:
-                    self.__handshakes.close()
-                    self.__handshakes = None
-        finally:
-            self.__loop_owner = None
-            if self.__waker is not None:
-                self.__waker.close()
-                self.__waker = None
-            self.__shutdown_request = False
-            self.__is_shut_down.set()
-
-    def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
-                    poll_interval: float | None) -> None:
-        listening = False
-        while not self.__shutdown_request:
-            pause = self.__accept_resume_at - time.monotonic()
-            if listening != (pause <= 0 and self._sockserve_has_capacity()):
-                if listening:
-                    selector.unregister(self)
-                else:
-                    selector.register(self, selectors.EVENT_READ)
-                listening = not listening
-            timeout = poll_interval
-            handshake_due = self.__handshakes.expire() if self.__handshakes else None
-            for due in (pause, handshake_due):
-                if due is not None and due > 0 and (timeout is None or due < timeout):
-                    timeout = due
-            ready = selector.select(timeout)
-            request_ready = False
-            for key, _ in ready:
-                if key.fileobj is self:
-                    request_ready = True
-                elif key.fileobj is waker:
-                    self._sockserve_read_wakeups(waker)
-                elif isinstance(key.data, Handshake) and self.__handshakes is not None:
-                    self.__handshakes.advance(key.data)
-            # Checked after every wait, so that nothing is accepted once shutdown() has
-            # been requested (bpo-35017).
-            if self.__shutdown_request:
-                break
-            if request_ready:
-                self._handle_request_noblock()
-            self.service_actions()
-
-    def shutdown(self) -> None:
-        """Stop the ``serve_forever()`` loop and wait until it has stopped.
-
-        Safe from any thread, from a request handler (serial, threaded or forked) and
-        before the loop starts: it only waits when a loop is running in another thread
-        of this process, and that loop is woken at once.  From a forked child it asks
-        the parent's loop to stop and returns.
-        """
-        self.__shutdown_request = True
-        waker, owner = self.__waker, self.__loop_owner
-        if waker is not None:
-            waker.wake(SHUTDOWN)
-        if owner is not None and owner[0] != os.getpid():
-            return  # a forked child: the loop is the parent's, and it has been told
-        if owner == (os.getpid(), threading.get_ident()):
-            return  # a handler on the loop's own thread: the loop stops when it returns
-        self.__is_shut_down.wait()
-
-    def service_actions(self) -> None:
-        """Called by the ``serve_forever()`` loop; may be overridden."""
-
-    def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
-        """Act on the messages that woke the loop (another process may have sent them).
-
-        Returns them, for subclasses that understand more kinds.
-        """
-        messages = waker.read_messages()
-        if SHUTDOWN in messages:
-            self.__shutdown_request = True
-        return messages
-
-    def _sockserve_stop_requested(self) -> bool:
-        """Whether ``shutdown()`` has asked the running loop to stop."""
-        return self.__shutdown_request
-
-    def _sockserve_has_capacity(self) -> bool:
-        """Whether the loop may accept a request now (a full pool says no)."""
-        return True
-
-    def _sockserve_preparing(self) -> int:
-        """Accepted requests not yet handed to process_request() (TLS handshakes)."""
-        return len(self.__handshakes) if self.__handshakes is not None else 0
-
-    def statistics(self) -> ServerStatistics:
-        """A snapshot of this process's counters (see stats.py)."""
-        c = self._sockserve_counters
-        return ServerStatistics(
-            accepted=c.accepted, denied=c.denied, rejected=c.rejected,
-            tls_failed=c.tls_failed, tls_timed_out=c.tls_timed_out,
-            tls_in_progress=self._sockserve_preparing())
-
-    def _sockserve_wake(self) -> None:
-        """Make a running ``serve_forever()`` look at its state again; any thread."""
-        waker = self.__waker
-        if waker is not None:
-            waker.wake(RECHECK)
-
-    def handle_request(self) -> None:
-        """Handle one request, blocking up to ``self.timeout`` (or the socket's timeout).
-
-        Calls ``handle_timeout()`` if no request arrived in time.
-        """
-        self.__check_settings()
-        timeout = self.socket.gettimeout()
-        if timeout is None:
-            timeout = self.timeout
-        elif self.timeout is not None:
-            timeout = min(timeout, self.timeout)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with _ServerSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
-            while True:
-                # Clamped at 0 so that a zero timeout still polls once, as in the stdlib.
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                pause = self.__accept_resume_at - time.monotonic()
-                if pause > 0:
-                    # Out of descriptors: wait out the back-off instead of spinning.
-                    time.sleep(pause if remaining is None else min(pause, remaining))
-                elif selector.select(remaining):
-                    return self._handle_request_noblock()
-                if deadline is not None and time.monotonic() >= deadline:
-                    return self.handle_timeout()
-
-    def __check_settings(self) -> None:
-        if self.ssl_context is not None and \
-                getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
-            raise TypeError(f"{type(self).__name__}: TLS (ssl_context) needs a stream "
-                            "server; DTLS is not supported")
-
-    def _handle_request_noblock(self) -> None:
-        """Accept one request and run it through verify_request → process_request.
-
-        Called only when the socket is readable, so get_request() does not block.
-        """
-        try:
-            request, client_address = self.get_request()
-        except OSError as exc:
-            self.__accept_failed(exc)
-            return
-        self._sockserve_counters.accepted += 1
-        if self.__accept_backoff:
-            logger.info("accepting again on %s", self.server_address)
-            self.__accept_backoff = 0.0
-        if not self.verify_request(request, client_address):
-            self._sockserve_counters.denied += 1
-            self.shutdown_request(request)
-        elif self.ssl_context is not None:
-            self.__start_tls(request, client_address)
-        else:
-            self.__dispatch(request, client_address)
-
-    def __dispatch(self, request: Any, client_address: Any) -> None:
-        """process_request(), with the stdlib's error handling around it."""
-        try:
-            self.process_request(request, client_address)
-        except Exception:
-            self.handle_error(request, client_address)
-            self.shutdown_request(request)
-        except BaseException:
-            self.shutdown_request(request)
-            raise
-
-    def __start_tls(self, request: Any, client_address: Any) -> None:
-        """Hand the handshake to the loop, or (under handle_request()) do it here."""
-        context = self.ssl_context
-        assert context is not None
-        if self.__handshakes is not None:
-            self.__handshakes.start(context, request, client_address, self.handshake_timeout)
-            return
-        try:
-            tls = blocking_handshake(context, request, self.handshake_timeout)
-        except (ssl.SSLError, OSError) as exc:
-            logger.info("TLS with %s: handshake failed: %s", client_address, exc)
-            self.__handshake_failed(client_address, isinstance(exc, TimeoutError))
-            return
-        self.__dispatch(tls, client_address)
-
-    def __handshake_failed(self, client_address: Any, timed_out: bool) -> None:
-        if timed_out:
-            self._sockserve_counters.tls_timed_out += 1
-        else:
-            self._sockserve_counters.tls_failed += 1
-
-    def __accept_failed(self, exc: OSError) -> None:
-        """Back off on resource exhaustion, skip per-client errors, log anything else."""
-        if exc.errno in ACCEPT_CAPACITY_ERRNOS:
-            first = not self.__accept_backoff
-            self.__accept_backoff = min(
-                ACCEPT_BACKOFF_MAX, (self.__accept_backoff * 2) or ACCEPT_BACKOFF_FIRST
-            )
-            self.__accept_resume_at = time.monotonic() + self.__accept_backoff
-            log = logger.warning if first else logger.debug
-            log("accept() on %s failed (%s); pausing accepts for %.1f s",
-                self.server_address, exc, self.__accept_backoff)
-        elif exc.errno not in ACCEPT_IGNORED_ERRNOS and not isinstance(exc, TimeoutError):
-            logger.warning("accept() on %s failed: %s", self.server_address, exc)
-
-    # -- hooks ------------------------------------------------------------------
-
-    def handle_timeout(self) -> None:
-        """Called when ``handle_request()`` waited ``timeout`` seconds for nothing."""
-
-    def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Return True to process the request, False to close it unanswered."""
-        return True
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        """Run the handler (the mix-ins override this to use threads or processes)."""
-        self.finish_request(request, client_address)
-        self.shutdown_request(request)
-
-    def server_close(self) -> None:
-        """Clean up the server; may be overridden."""
-
-    def finish_request(self, request: Any, client_address: Any) -> None:
-        """Instantiate ``RequestHandlerClass``, which serves the request."""
-        self.RequestHandlerClass(request, client_address, self)
-
-    def shutdown_request(self, request: Any) -> None:
-        """End one request; by default just close it."""
-        self.close_request(request)
-
-    def close_request(self, request: Any) -> None:
-        """Release the request's resources."""
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """Log the exception being handled, with its traceback and the client address.
-
-        The stdlib prints to stderr; with logging unconfigured this still reaches
-        stderr (logging's last-resort handler).  Override to do something else.
-        """
-        logger.error("Exception occurred during processing of request from %s",
-                     client_address, exc_info=True)
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self.server_close()
+__all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixStreamServer", "UnixDatagramServer"]
 
 
 class TCPServer(BaseServer):
@@ -397,7 +56,13 @@ class TCPServer(BaseServer):
         self.socket.listen(self.request_queue_size)
 
     def server_close(self) -> None:
-        """Close the listening socket and remove the Unix socket file it created."""
+        """Close the listening socket and remove the Unix socket file it created.
+
+        With ``drain_timeout`` set, open connections first get that long to finish
+        and are then cut, so closing never hangs on idle keep-alive clients.
+        """
+        if self.drain_timeout is not None:
+            self._sockserve_finish_connections(self.drain_timeout)
         socket_file = getattr(self, "_socket_file", None)
         if socket_file is not None:
             self._socket_file = None
@@ -421,6 +86,7 @@ class TCPServer(BaseServer):
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
+        self._sockserve_connections.release(request.fileno())
         request.close()
 
 

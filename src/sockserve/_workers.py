@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import socket
 import threading
-from typing import Any, Literal
+from typing import Any
 
 from ._mixins import _ConcurrencyMixIn, run_request
 from ._server import TCPServer, UDPServer
@@ -16,9 +16,6 @@ from .concurrency.pool import WorkerPool
 from .stats import ServerStatistics
 
 logger = logging.getLogger("sockserve.pool")
-
-OverloadPolicy = Literal["pause", "reject"]
-
 
 class ThreadPoolMixIn(_ConcurrencyMixIn):
     """Serve requests on a bounded pool of threads.
@@ -35,8 +32,6 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
 
     max_workers = 16
     max_queue = 64
-    overload: OverloadPolicy = "pause"
-    busy_reply: bytes | None = None
     # Daemon workers do not keep the process alive; server_close() still stops them.
     daemon_threads = False
     # If true, server_close() waits for running and queued requests to finish.
@@ -72,28 +67,13 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
             # under handle_request(), where waiting is what the caller asked for.
             self.pool.submit(request, client_address)
         elif not self.pool.submit_nowait(request, client_address):
-            self.reject_request(request, client_address)
+            self.reject_request(request, client_address, "thread pool full")
 
     def _sockserve_has_capacity(self) -> bool:
         # Requests still in their TLS handshake will need a slot too: keep it for them.
-        return self.overload != "pause" or self.pool.has_capacity(
-            reserve=self._sockserve_preparing())
-
-    def reject_request(self, request: Any, client_address: Any) -> None:
-        """Refuse a request the full pool cannot take: busy reply, close, count."""
-        self._sockserve_counters.rejected += 1
-        logger.warning("pool full (%d workers, %d queued): rejecting %s",
-                       self.max_workers, self.max_queue, client_address)
-        if self.busy_reply is not None:
-            try:
-                if self.socket.type == socket.SOCK_DGRAM:
-                    request[1].sendto(self.busy_reply, client_address)
-                else:
-                    # Never block the accept loop on a client that does not read.
-                    request.send(self.busy_reply, socket.MSG_DONTWAIT)
-            except OSError:
-                pass  # the client is gone or its buffer is full: it is closed anyway
-        self.shutdown_request(request)
+        return super()._sockserve_has_capacity() and (
+            self.overload != "pause"
+            or self.pool.has_capacity(reserve=self._sockserve_preparing()))
 
     def set_max_workers(self, max_workers: int) -> None:
         """Change the number of worker threads while serving."""

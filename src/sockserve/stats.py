@@ -14,7 +14,7 @@ class Counters:
 
     accepted: int = 0  # connections or datagrams taken from the socket
     denied: int = 0  # refused by verify_request() (or access rules) before any handler
-    rejected: int = 0  # refused because the server was full (overload = "reject")
+    rejected: int = 0  # refused by a limit (max_connections, per-IP, a full pool)
     tls_failed: int = 0  # TLS handshakes that failed
     tls_timed_out: int = 0  # TLS handshakes that did not finish in handshake_timeout
 
@@ -29,5 +29,15 @@ class ServerStatistics:
     tls_failed: int
     tls_timed_out: int
     tls_in_progress: int  # handshakes the loop is driving now
+    connections: int  # stream connections open now
     pool: PoolStatistics | None = None  # ThreadPoolMixIn
     workers: SupervisorStatistics | None = None  # PreForkMixIn, in the supervisor
+
+
+@dataclass(frozen=True)
+class DrainReport:
+    """What ``drain()`` (or ``server_close()`` with ``drain_timeout``) did."""
+
+    open: int  # connections open when the drain began (and any taken from the backlog)
+    finished: int  # of those, closed by their handlers before the deadline
+    cut: int  # shut down at the deadline (counted in ``finished`` no more)

@@ -102,13 +102,13 @@ class HandshakeDriver:
     Args:
         selector: the loop's selector; handshakes are registered with themselves as data.
         done: called with (ssl_socket, client_address) for each completed handshake.
-        failed: called with (client_address, timed_out) after a failure or a timeout;
-            the socket is already closed.
+        failed: called with (ssl_socket, client_address, timed_out) after a failure or
+            a timeout, just before the socket is closed.
     """
 
     def __init__(self, selector: selectors.BaseSelector,
                  done: Callable[[ssl.SSLSocket, Any], None],
-                 failed: Callable[[Any, bool], None]) -> None:
+                 failed: Callable[[ssl.SSLSocket, Any, bool], None]) -> None:
         self._selector = selector
         self._done = done
         self._failed = failed
@@ -153,16 +153,16 @@ class HandshakeDriver:
     def close(self) -> None:
         """Abandon every handshake in progress (the loop is stopping)."""
         for handshake in list(self._pending):
-            self._drop(handshake, "server stopping", report=False)
+            self._drop(handshake, "server stopping")
 
-    def _drop(self, handshake: Handshake, reason: str, *, timed_out: bool = False,
-              report: bool = True) -> None:
+    def _drop(self, handshake: Handshake, reason: str, *, timed_out: bool = False) -> None:
         self._pending.discard(handshake)
         self._selector.unregister(handshake)
-        handshake.tls.close()
-        if report:
-            logger.info("TLS with %s: %s", handshake.client_address, reason)
-            self._failed(handshake.client_address, timed_out)
+        logger.info("TLS with %s: %s", handshake.client_address, reason)
+        try:
+            self._failed(handshake.tls, handshake.client_address, timed_out)
+        finally:
+            handshake.tls.close()
 
 
 def blocking_handshake(context: ssl.SSLContext, sock: Any, timeout: float) -> ssl.SSLSocket:

@@ -1,0 +1,108 @@
+"""The stream connections a server has accepted and not yet closed.
+
+One registry per server process: it answers "how many are open" (``max_connections``),
+"how many from this address" (``max_connections_per_ip``), and lets a drain wait for
+them and cut the ones left at its deadline.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+
+def client_host(client_address: Any) -> str | None:
+    """The IP address of an inet client (IPv4-mapped IPv6 shown as IPv4), else None."""
+    if isinstance(client_address, tuple) and client_address and isinstance(client_address[0], str):
+        host = client_address[0]
+        return host[7:] if host.startswith("::ffff:") and "." in host else host
+    return None
+
+
+class ConnectionRegistry:
+    """Open connections, keyed by descriptor (a TLS wrap keeps the number).
+
+    Args:
+        on_release: called (outside the lock) after a connection is released, so a
+            serving loop paused at ``max_connections`` can resume.
+    """
+
+    def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
+        self._cond = threading.Condition()
+        self._open: dict[int, tuple[Any, str | None]] = {}
+        self._per_host: collections.Counter[str] = collections.Counter()
+        self._on_release = on_release
+        self.closed_total = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def admit(self, sock: Any, client_address: Any, max_per_host: int | None) -> bool:
+        """Record an accepted connection; False (nothing recorded) if its host is at
+        *max_per_host* already."""
+        host = client_host(client_address)
+        with self._cond:
+            if host is not None and max_per_host is not None and \
+                    self._per_host[host] >= max_per_host:
+                return False
+            self._open[sock.fileno()] = (sock, host)
+            if host is not None:
+                self._per_host[host] += 1
+            return True
+
+    def replace(self, old_fd: int, sock: Any) -> None:
+        """The connection on *old_fd* is now served through *sock* (e.g. an SSLSocket)."""
+        with self._cond:
+            entry = self._open.get(old_fd)
+            if entry is not None:
+                self._open[old_fd] = (sock, entry[1])
+
+    def release(self, fd: int) -> None:
+        """Forget the connection on *fd* (about to be closed); unknown fds are ignored."""
+        with self._cond:
+            entry = self._open.pop(fd, None)
+            if entry is None:
+                return
+            host = entry[1]
+            if host is not None:
+                self._per_host[host] -= 1
+                if not self._per_host[host]:
+                    del self._per_host[host]
+            self.closed_total += 1
+            self._cond.notify_all()
+        self._on_release()
+
+    def wait_empty(self, timeout: float | None) -> bool:
+        """Wait until every connection is released; False if *timeout* came first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._cond:
+            while self._open:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return True
+
+    def cut_all(self, closed_before: int) -> tuple[int, int]:
+        """Shut down every open connection in both directions.
+
+        A handler blocked in recv() then sees end-of-file and one blocked in send()
+        an error, so each ends through its usual error handling and releases itself.
+
+        Returns:
+            (closed since *closed_before* was read from ``closed_total``, cut now),
+            taken at the same instant.
+        """
+        with self._cond:
+            finished = self.closed_total - closed_before
+            socks = [sock for sock, _ in self._open.values()]
+        for sock in socks:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed or reset
+        return finished, len(socks)

@@ -1,0 +1,160 @@
+"""File objects for stream handlers that enforce the server's timeouts and line limit.
+
+``StreamRequestHandler`` uses these instead of ``socket.makefile()`` only when one of
+the server's ``idle_timeout``, ``read_timeout``, ``write_timeout``,
+``connection_lifetime`` or ``max_line_length`` is set; otherwise it behaves exactly
+like the stdlib.
+
+- idle timeout: how long one read call may wait for its first byte (the client is
+  between requests and sends nothing);
+- read timeout: how long one read call may take once its first byte has arrived, so
+  a client trickling a byte at a time (slowloris) cannot hold a handler for ever;
+- write timeout: how long one write may take (a client that does not read);
+- connection lifetime: a deadline for everything on the connection;
+- max line length: the longest line ``readline()`` returns, newline included; a
+  longer one raises ``LineTooLong`` instead of buffering without bound.
+Running out of time raises ``TimeoutError`` in the handler, which ends the request
+through the usual error handling (logged; the connection is closed).
+"""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from .errors import SockServeError
+
+
+class LineTooLong(SockServeError, ValueError):
+    """A line longer than the server's ``max_line_length`` arrived."""
+
+
+@dataclass
+class StreamLimits:
+    """The server's per-connection limits, with the connection's own deadline."""
+
+    idle_timeout: float | None = None
+    read_timeout: float | None = None
+    write_timeout: float | None = None
+    max_line_length: int | None = None
+    lifetime_deadline: float | None = None  # time.monotonic() value
+
+    @classmethod
+    def from_server(cls, server: Any) -> StreamLimits | None:
+        """The limits set on *server*, or None when it sets none (plain files then)."""
+        values = {name: getattr(server, name, None) for name in
+                  ("idle_timeout", "read_timeout", "write_timeout", "max_line_length",
+                   "connection_lifetime")}
+        if all(value is None for value in values.values()):
+            return None
+        lifetime = values.pop("connection_lifetime")
+        deadline = None if lifetime is None else time.monotonic() + lifetime
+        return cls(**values, lifetime_deadline=deadline)
+
+    def bound(self, timeout: float | None, reason: str) -> tuple[float | None, str]:
+        """*timeout* shortened to the connection's remaining lifetime, and what the
+        resulting limit is called (for the TimeoutError raised when it expires)."""
+        if self.lifetime_deadline is None:
+            return timeout, reason
+        left = self.lifetime_deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("connection lifetime exceeded")
+        if timeout is None or left < timeout:
+            return left, "connection lifetime exceeded"
+        return timeout, reason
+
+
+class _GuardedSocketIO(socket.SocketIO):
+    """The raw file under the buffered ones: sets the socket timeout per system call."""
+
+    def __init__(self, sock: socket.socket, mode: Literal["rb", "wb"],
+                 limits: StreamLimits) -> None:
+        super().__init__(sock, mode)
+        self._socket = sock  # SocketIO keeps it as _sock, which typeshed does not declare
+        self._limits = limits
+        self.call_deadline: float | None = None  # set once a read call has data
+        self.base_timeout = sock.gettimeout()  # the handler's own `timeout`, if any
+
+    def _wait(self, timeout: float | None, reason: str) -> str:
+        """Set the socket timeout for one system call; returns what expiry means."""
+        if self.base_timeout is not None and (timeout is None or self.base_timeout < timeout):
+            timeout, reason = self.base_timeout, "timed out"  # the handler's own timeout
+        timeout, reason = self._limits.bound(timeout, reason)
+        self._socket.settimeout(timeout)
+        return reason
+
+    def readinto(self, b: Any) -> int:
+        if self.call_deadline is None:
+            reason = self._wait(self._limits.idle_timeout, "idle timeout")
+        else:
+            left = self.call_deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("read timeout")
+            reason = self._wait(left, "read timeout")
+        try:
+            count: int = super().readinto(b)  # type: ignore[assignment]
+        except TimeoutError as exc:
+            raise TimeoutError(reason) from exc
+        if count and self.call_deadline is None and self._limits.read_timeout is not None:
+            self.call_deadline = time.monotonic() + self._limits.read_timeout
+        return count
+
+    def write(self, b: Any) -> int:
+        # sendall() counts its timeout for the whole call (Python 3.5+).
+        reason = self._wait(self._limits.write_timeout, "write timeout")
+        try:
+            self._socket.sendall(b)
+        except TimeoutError as exc:
+            raise TimeoutError(reason) from exc
+        with memoryview(b) as view:
+            return view.nbytes
+
+
+class GuardedReader(io.BufferedReader):
+    """``rfile``: each read call gets the idle/read timeouts afresh; lines are bounded."""
+
+    raw: _GuardedSocketIO
+
+    def __init__(self, raw: _GuardedSocketIO, buffer_size: int = io.DEFAULT_BUFFER_SIZE,
+                 max_line_length: int | None = None) -> None:
+        super().__init__(raw, buffer_size)
+        self._max_line = max_line_length
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self.raw.call_deadline = None
+        limit = self._max_line
+        if limit is None or (size is not None and 0 <= size <= limit):
+            return super().readline(size)
+        line = super().readline(limit + 1)
+        if len(line) > limit:
+            raise LineTooLong(f"line longer than max_line_length ({limit} bytes, "
+                              "newline included)")
+        return line
+
+    def read(self, size: int | None = -1) -> bytes:
+        self.raw.call_deadline = None
+        return super().read(size)
+
+    def read1(self, size: int = -1) -> bytes:
+        self.raw.call_deadline = None
+        return super().read1(size)
+
+    def readinto(self, b: Any) -> int:
+        self.raw.call_deadline = None
+        return super().readinto(b)
+
+
+def guarded_files(sock: socket.socket, limits: StreamLimits, rbufsize: int,
+                  wbufsize: int) -> tuple[io.BufferedIOBase, Any]:
+    """``(rfile, wfile)`` for a handler, with *limits* enforced on every system call."""
+    reader = GuardedReader(_GuardedSocketIO(sock, "rb", limits),
+                           rbufsize if rbufsize > 0 else io.DEFAULT_BUFFER_SIZE,
+                           limits.max_line_length)
+    raw_writer = _GuardedSocketIO(sock, "wb", limits)
+    if wbufsize == 0:
+        return reader, raw_writer  # each write() sends everything, like _SocketWriter
+    size = wbufsize if wbufsize > 0 else io.DEFAULT_BUFFER_SIZE
+    return reader, io.BufferedWriter(raw_writer, size)

@@ -1,0 +1,146 @@
+"""Graceful drain: stop accepting, finish what was accepted, cut what is left at the deadline."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from typing import Any
+
+import sockserve
+from sockserve.stats import DrainReport
+from tests.helpers import IO_TIMEOUT, connect, recv_all
+
+
+class TwoLines(sockserve.StreamRequestHandler):
+    """A request in two parts, so the test decides when it is in flight."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"started\n")
+        self.wfile.write(self.rfile.readline().upper())
+
+
+def serve(server: sockserve.BaseServer) -> threading.Thread:
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    return thread
+
+
+def drain_in_thread(server: sockserve.BaseServer, timeout: float,
+                    **kwargs: Any) -> tuple[threading.Thread, list[DrainReport]]:
+    reports: list[DrainReport] = []
+    thread = threading.Thread(target=lambda: reports.append(server.drain(timeout, **kwargs)))
+    thread.start()
+    return thread, reports
+
+
+def test_in_flight_requests_finish_within_the_deadline() -> None:
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), TwoLines)
+    loop = serve(server)
+    clients = [connect(server.server_address) for _ in range(3)]
+    try:
+        for client in clients:
+            client.sendall(b"one\n")
+            assert client.makefile("rb").readline() == b"started\n"
+        drainer, reports = drain_in_thread(server, IO_TIMEOUT)
+        assert server.draining.wait(IO_TIMEOUT)
+        for client in clients:
+            client.sendall(b"two\n")
+            assert recv_all(client) == b"TWO\n"  # nothing in flight is lost
+        drainer.join(IO_TIMEOUT)
+        loop.join(IO_TIMEOUT)
+        assert not loop.is_alive()
+    finally:
+        for client in clients:
+            client.close()
+        server.server_close()
+    assert reports == [DrainReport(open=3, finished=3, cut=0)]
+
+
+def test_stuck_handlers_are_cut_at_the_deadline() -> None:
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), TwoLines)
+    serve(server)
+    try:
+        with connect(server.server_address) as client:
+            client.sendall(b"one\n")
+            assert client.makefile("rb").readline() == b"started\n"
+            report = server.drain(0.2)  # the client never sends its second line
+            assert recv_all(client) == b""  # the handler saw EOF and ended
+    finally:
+        server.server_close()
+    assert report == DrainReport(open=1, finished=0, cut=1)
+
+
+def test_server_close_with_drain_timeout_does_not_hang_on_idle_clients() -> None:
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(line)
+
+    class Server(sockserve.ThreadingTCPServer):
+        drain_timeout = 0.2
+
+    server = Server(("127.0.0.1", 0), Echo)
+    loop = serve(server)
+    with connect(server.server_address) as idle:
+        idle.sendall(b"hi\n")
+        assert idle.recv(10) == b"hi\n"  # keep-alive: connected, now idle
+        server.shutdown()
+        loop.join(IO_TIMEOUT)
+        server.server_close()  # joins handler threads: only possible because it cuts
+        assert recv_all(idle) == b""
+    assert server.statistics().connections == 0
+
+
+def test_handlers_can_watch_the_draining_flag() -> None:
+    class Patient(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"waiting\n")
+            if self.server.draining.wait(IO_TIMEOUT):
+                self.wfile.write(b"bye\n")
+
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), Patient)
+    serve(server)
+    try:
+        with connect(server.server_address) as client:
+            assert client.makefile("rb").readline() == b"waiting\n"
+            report = server.drain(IO_TIMEOUT)
+            assert recv_all(client) == b"bye\n"
+    finally:
+        server.server_close()
+    assert report == DrainReport(open=1, finished=1, cut=0)
+
+
+def test_drain_can_serve_the_kernel_backlog_too() -> None:
+    class FirstWaits(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            if line == b"first\n":
+                self.wfile.write(b"holding\n")
+                self.server.draining.wait(IO_TIMEOUT)  # holds the serial loop
+            self.wfile.write(line.upper())
+
+    for backlog in (True, False):
+        server = sockserve.TCPServer(("127.0.0.1", 0), FirstWaits)
+        loop = serve(server)
+        first = connect(server.server_address)
+        first.sendall(b"first\n")
+        assert first.recv(8) == b"holding\n"
+        waiting = [connect(server.server_address) for _ in range(2)]
+        try:
+            for n, client in enumerate(waiting):
+                client.sendall(b"late %d\n" % n)
+            server.drain(IO_TIMEOUT, backlog=backlog)
+            loop.join(IO_TIMEOUT)
+            assert recv_all(first) == b"FIRST\n"
+            server.server_close()  # the backlog not served is reset now
+            for n, client in enumerate(waiting):
+                try:
+                    reply = recv_all(client)
+                except ConnectionResetError:
+                    reply = b""
+                assert reply == (b"LATE %d\n" % n if backlog else b"")
+        finally:
+            for client in (first, *waiting):
+                client.close()
+            server.server_close()

@@ -1,0 +1,186 @@
+"""Limits and timeouts: each triggered by a real client, others served meanwhile."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import sockserve
+from sockserve._streams import LineTooLong
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+
+
+class Echo(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+def make(handler: type = Echo, server_class: type = sockserve.ThreadingTCPServer,
+         **settings: Any) -> Any:
+    return type("Server", (server_class,), settings)(("127.0.0.1", 0), handler)
+
+
+def echo_once(address: Any, line: bytes = b"ping\n") -> bytes:
+    with connect(address) as client:
+        client.sendall(line)
+        client.shutdown(socket.SHUT_WR)
+        return recv_all(client)
+
+
+def handler_errors(caplog: pytest.LogCaptureFixture) -> list[BaseException | None]:
+    return [r.exc_info[1] if r.exc_info else None for r in caplog.records
+            if r.name == "sockserve.server" and r.levelno == logging.ERROR]
+
+
+def test_max_connections_pause_serves_everyone_in_turn() -> None:
+    release = threading.Event()
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            self.wfile.write(self.rfile.readline())
+            release.wait(IO_TIMEOUT)
+            with lock:
+                running[0] -= 1
+
+    server = make(Hold, max_connections=2, request_queue_size=16)
+    clients = []
+    with serve_in_thread(server):
+        try:
+            for n in range(5):
+                clients.append(connect(server.server_address))
+                clients[-1].sendall(b"%d\n" % n)
+            for client in clients[:2]:
+                assert client.recv(10)  # two served at once...
+            assert server.statistics().connections == 2  # ...the rest wait in the backlog
+            release.set()
+            assert [recv_all(c) for c in clients[2:]] == [b"2\n", b"3\n", b"4\n"]
+        finally:
+            for client in clients:
+                client.close()
+    assert most[0] == 2 and server.statistics().rejected == 0
+
+
+def test_max_connections_reject_answers_busy() -> None:
+    release = threading.Event()
+
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"in\n")
+            release.wait(IO_TIMEOUT)
+
+    server = make(Hold, max_connections=1, overload="reject", busy_reply=b"busy\n")
+    with serve_in_thread(server):
+        with connect(server.server_address) as first:
+            assert first.recv(10) == b"in\n"
+            with connect(server.server_address) as second:
+                assert recv_all(second) == b"busy\n"
+            release.set()
+    assert server.statistics().rejected == 1
+
+
+def test_max_connections_per_ip() -> None:
+    release = threading.Event()
+
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"in\n")
+            release.wait(IO_TIMEOUT)
+
+    server = make(Hold, max_connections_per_ip=1)
+    with serve_in_thread(server):
+        with connect(server.server_address) as first:
+            assert first.recv(10) == b"in\n"
+            with connect(server.server_address) as same_ip:
+                assert recv_all(same_ip) == b""
+            with socket.create_connection(server.server_address, timeout=IO_TIMEOUT,
+                                          source_address=("127.0.0.2", 0)) as other_ip:
+                assert other_ip.recv(10) == b"in\n"
+                release.set()
+    assert server.statistics().rejected == 1
+
+
+def test_idle_timeout_closes_a_silent_connection(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_in_thread(make(idle_timeout=0.1)) as server:
+        with connect(server.server_address) as silent:
+            assert recv_all(silent) == b""
+        assert echo_once(server.server_address) == b"ping\n"
+    assert any(isinstance(e, TimeoutError) for e in handler_errors(caplog))
+
+
+def test_read_timeout_stops_a_slowloris(caplog: pytest.LogCaptureFixture) -> None:
+    # No idle timeout: only the read timeout can end a request trickling in.
+    with serve_in_thread(make(read_timeout=0.3)) as server:
+        with connect(server.server_address) as slow:
+            closed = False
+            for byte in b"GET /" * 40:  # 200 bytes, one per 20 ms: 4 s if unchecked
+                try:
+                    slow.send(bytes([byte]))
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                time.sleep(0.02)  # the attack's pacing, not synchronisation
+            else:
+                closed = recv_all(slow) == b""
+            assert closed
+            assert echo_once(server.server_address) == b"ping\n"
+    errors = handler_errors(caplog)
+    assert any(isinstance(e, TimeoutError) and "read timeout" in str(e) for e in errors)
+
+
+def test_write_timeout_ends_a_client_that_does_not_read(
+        caplog: pytest.LogCaptureFixture) -> None:
+    done = threading.Event()
+
+    class Flood(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            try:
+                self.wfile.write(b"x" * (64 << 20))
+            finally:
+                done.set()
+
+    with serve_in_thread(make(Flood, write_timeout=0.2)) as server:
+        with connect(server.server_address):  # never reads
+            assert done.wait(IO_TIMEOUT)
+    assert any(isinstance(e, TimeoutError) for e in handler_errors(caplog))
+
+
+def test_connection_lifetime_ends_even_a_busy_client(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_in_thread(make(connection_lifetime=0.3)) as server:
+        with connect(server.server_address) as client:
+            replies = client.makefile("rb")
+            with pytest.raises((AssertionError, ConnectionError)):
+                for _ in range(200):  # 4 s of activity if unchecked
+                    client.sendall(b"x\n")
+                    assert replies.readline() == b"x\n"
+                    time.sleep(0.02)  # pacing the client's activity
+            replies.close()
+    assert any("lifetime" in str(e) for e in handler_errors(caplog))
+
+
+def test_max_line_length(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_in_thread(make(max_line_length=16)) as server:
+        assert echo_once(server.server_address, b"x" * 15 + b"\n") == b"x" * 15 + b"\n"
+        assert echo_once(server.server_address, b"y" * 100 + b"\n") == b""
+    [error] = handler_errors(caplog)
+    assert isinstance(error, LineTooLong) and isinstance(error, ValueError)
+
+
+def test_limits_do_not_change_unlimited_servers() -> None:
+    class Files(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(type(self.rfile).__name__.encode())
+
+    with serve_in_thread(make(Files)) as server:
+        assert echo_once(server.server_address) == b"BufferedReader"
