@@ -1,16 +1,23 @@
 /*
  * echo_epoll: the minimal C echo server that sets the floor for the benchmark.
  *
- *   echo_epoll tcp|udp PORT
+ *   echo_epoll tcp|udp PORT [busy]
  *
  * Listens on 127.0.0.1:PORT (0 = let the kernel pick) and prints the bound port as the
  * first line of stdout, flushed, so the driver never has to guess a free port.
  *
  * TCP: one thread, level-triggered epoll, non-blocking sockets.  Each connection echoes
- * whatever arrives; when the peer does not take the whole echo (send() returns short),
- * the rest is kept and the connection waits for EPOLLOUT instead of reading more, so a
- * slow reader cannot make the server buffer without bound.
+ * whatever arrives, read into one buffer shared by all connections; only when the peer
+ * does not take the whole echo (send() returns short) is the rest copied to a buffer of
+ * the connection's own, which then waits for EPOLLOUT instead of reading more, so a slow
+ * reader cannot make the server buffer without bound.  An idle connection costs 25 bytes
+ * here (plus the kernel's socket), which makes this the floor of the memory table too.
  * UDP: a blocking recvfrom()/sendto() loop, which is the cheapest datagram echo there is.
+ *
+ * "busy" never sleeps (epoll_wait with timeout 0, non-blocking recvfrom): its CPU time
+ * is then meaningless, but it never pays for being woken up, which in a virtual machine
+ * can cost more than the echo itself.  The driver uses it to measure how fast the load
+ * generator can go (the sanity line), not in the tables.
  *
  * It runs until killed (the driver sends SIGTERM to its process group).
  */
@@ -31,15 +38,17 @@
 #define MAX_EVENTS 1024
 
 struct conn {
-    size_t len; /* bytes in buf still to send */
-    size_t off; /* first unsent byte */
-    char buf[BUF_SIZE];
+    char *pending; /* NULL, or the part of an echo the peer has not taken yet */
+    size_t len, off;
 };
 
-static struct conn **conns; /* indexed by fd */
+static struct conn *conns; /* indexed by fd; the listening socket's entry is unused */
+static char *is_open;
 static int conns_cap;
+static int busy; /* 1: spin instead of sleeping */
+static char buf[BUF_SIZE];
 
-static void die(const char *what) {
+static _Noreturn void die(const char *what) {
     perror(what);
     exit(1);
 }
@@ -60,18 +69,24 @@ static int bind_socket(int type, int port) {
     struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     if (bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0) die("bind");
+    return fd;
+}
+
+/* Print the bound port, once the socket can take clients (after listen() for TCP). */
+static void announce(int fd) {
+    struct sockaddr_in addr;
     socklen_t alen = sizeof addr;
     if (getsockname(fd, (struct sockaddr *)&addr, &alen) < 0) die("getsockname");
     printf("%d\n", ntohs(addr.sin_port));
     fflush(stdout);
-    return fd;
 }
 
 static void close_conn(int ep, int fd) {
     epoll_ctl(ep, EPOLL_CTL_DEL, fd, NULL);
     close(fd);
-    free(conns[fd]);
-    conns[fd] = NULL;
+    free(conns[fd].pending);
+    conns[fd] = (struct conn){0};
+    is_open[fd] = 0;
 }
 
 static void set_interest(int ep, int fd, unsigned events) {
@@ -79,40 +94,41 @@ static void set_interest(int ep, int fd, unsigned events) {
     epoll_ctl(ep, EPOLL_CTL_MOD, fd, &ev);
 }
 
-/* Send what is pending; returns 0 when drained, 1 when the socket is full, -1 on error. */
-static int flush_conn(struct conn *c, int fd) {
-    while (c->off < c->len) {
-        ssize_t n = send(fd, c->buf + c->off, c->len - c->off, MSG_NOSIGNAL);
+/* Send data[*off..len); returns 0 when all is sent, 1 when the socket is full, -1 on error. */
+static int send_all(int fd, const char *data, size_t *off, size_t len) {
+    while (*off < len) {
+        ssize_t n = send(fd, data + *off, len - *off, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR) continue;
             return (errno == EAGAIN || errno == EWOULDBLOCK) ? 1 : -1;
         }
-        c->off += (size_t)n;
+        *off += (size_t)n;
     }
-    c->off = c->len = 0;
     return 0;
 }
 
 static void on_readable(int ep, int fd) {
-    struct conn *c = conns[fd];
     for (;;) {
-        ssize_t n = recv(fd, c->buf, BUF_SIZE, 0);
-        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+        ssize_t n = recv(fd, buf, BUF_SIZE, 0);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return; /* drained */
+        if (n <= 0) {
             close_conn(ep, fd);
             return;
         }
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return; /* drained */
-        }
-        c->len = (size_t)n;
-        c->off = 0;
-        int r = flush_conn(c, fd);
+        size_t off = 0;
+        int r = send_all(fd, buf, &off, (size_t)n);
         if (r < 0) {
             close_conn(ep, fd);
             return;
         }
-        if (r > 0) {
+        if (r > 0) { /* keep the rest and wait until the peer reads */
+            struct conn *c = &conns[fd];
+            c->len = (size_t)n - off;
+            c->off = 0;
+            c->pending = malloc(c->len);
+            if (!c->pending) die("malloc");
+            memcpy(c->pending, buf + off, c->len);
             set_interest(ep, fd, EPOLLOUT);
             return;
         }
@@ -121,11 +137,15 @@ static void on_readable(int ep, int fd) {
 }
 
 static void on_writable(int ep, int fd) {
-    int r = flush_conn(conns[fd], fd);
-    if (r < 0)
+    struct conn *c = &conns[fd];
+    int r = send_all(fd, c->pending, &c->off, c->len);
+    if (r < 0) {
         close_conn(ep, fd);
-    else if (r == 0)
+    } else if (r == 0) {
+        free(c->pending);
+        *c = (struct conn){0};
         set_interest(ep, fd, EPOLLIN);
+    }
 }
 
 static void on_acceptable(int ep, int lfd) {
@@ -142,22 +162,23 @@ static void on_acceptable(int ep, int lfd) {
         }
         int one = 1;
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        conns[fd] = calloc(1, sizeof(struct conn));
-        if (!conns[fd]) die("calloc");
+        is_open[fd] = 1;
         struct epoll_event ev = {.events = EPOLLIN, .data.fd = fd};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) < 0) die("epoll_ctl");
     }
 }
 
-static int serve_tcp(int port) {
+static _Noreturn void serve_tcp(int port) {
     struct rlimit rl;
     getrlimit(RLIMIT_NOFILE, &rl);
     conns_cap = (int)rl.rlim_cur;
     conns = calloc((size_t)conns_cap, sizeof *conns);
-    if (!conns) die("calloc");
+    is_open = calloc((size_t)conns_cap, 1);
+    if (!conns || !is_open) die("calloc");
 
     int lfd = bind_socket(SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, port);
     if (listen(lfd, SOMAXCONN) < 0) die("listen");
+    announce(lfd);
     int ep = epoll_create1(EPOLL_CLOEXEC);
     if (ep < 0) die("epoll_create1");
     struct epoll_event ev = {.events = EPOLLIN, .data.fd = lfd};
@@ -165,7 +186,7 @@ static int serve_tcp(int port) {
 
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
-        int n = epoll_wait(ep, events, MAX_EVENTS, -1);
+        int n = epoll_wait(ep, events, MAX_EVENTS, busy ? 0 : -1);
         if (n < 0) {
             if (errno == EINTR) continue;
             die("epoll_wait");
@@ -174,7 +195,7 @@ static int serve_tcp(int port) {
             int fd = events[i].data.fd;
             if (fd == lfd)
                 on_acceptable(ep, lfd);
-            else if (!conns[fd])
+            else if (!is_open[fd])
                 continue; /* closed earlier in this batch */
             else if (events[i].events & EPOLLOUT)
                 on_writable(ep, fd);
@@ -184,15 +205,16 @@ static int serve_tcp(int port) {
     }
 }
 
-static int serve_udp(int port) {
+static _Noreturn void serve_udp(int port) {
     int fd = bind_socket(SOCK_DGRAM | SOCK_CLOEXEC, port);
-    static char buf[BUF_SIZE];
+    announce(fd);
     for (;;) {
         struct sockaddr_storage peer;
         socklen_t plen = sizeof peer;
-        ssize_t n = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &plen);
+        ssize_t n = recvfrom(fd, buf, sizeof buf, busy ? MSG_DONTWAIT : 0,
+                             (struct sockaddr *)&peer, &plen);
         if (n < 0) {
-            if (errno == EINTR) continue;
+            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK) continue;
             die("recvfrom");
         }
         /* A full socket buffer drops the reply, as a datagram network would. */
@@ -201,11 +223,14 @@ static int serve_udp(int port) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3 || (strcmp(argv[1], "tcp") && strcmp(argv[1], "udp"))) {
-        fprintf(stderr, "usage: %s tcp|udp PORT\n", argv[0]);
+    if (argc < 3 || argc > 4 || (strcmp(argv[1], "tcp") && strcmp(argv[1], "udp")) ||
+        (argc == 4 && strcmp(argv[3], "busy"))) {
+        fprintf(stderr, "usage: %s tcp|udp PORT [busy]\n", argv[0]);
         return 2;
     }
     raise_nofile();
     int port = atoi(argv[2]);
-    return strcmp(argv[1], "tcp") == 0 ? serve_tcp(port) : serve_udp(port);
+    busy = argc == 4;
+    if (strcmp(argv[1], "tcp") == 0) serve_tcp(port);
+    serve_udp(port);
 }

@@ -2,8 +2,9 @@
  * loadgen: closed-loop load generator for the echo benchmark (one thread, epoll).
  *
  *   loadgen --mode echo|short|udp|idle --port PORT [--host 127.0.0.1] [--conns N]
- *           [--size BYTES] [--warmup SECONDS] [--duration SECONDS] [--timeout-ms MS]
- *           [--connect-batch N] [--hold SECONDS] [--seed N]
+ *           [--size BYTES] [--ramp-timeout SECONDS] [--warmup SECONDS]
+ *           [--duration SECONDS] [--timeout-ms MS] [--connect-batch N] [--hold SECONDS]
+ *           [--ramp barrier|live] [--poll busy|sleep] [--seed N]
  *
  * Modes:
  *   echo   N persistent connections; each sends one message of SIZE bytes, waits for
@@ -11,15 +12,30 @@
  *   short  N concurrent slots; each connects, does one exchange, closes, repeats.
  *   udp    N outstanding datagrams on one socket; a datagram without a reply after
  *          --timeout-ms is counted lost and replaced by a new one.
- *   idle   opens N connections, at most --connect-batch at a time, does one exchange on
- *          each (so the server has really accepted it), prints the JSON report, then
- *          holds them open until stdin reaches EOF or --hold seconds pass.
+ *   idle   opens N connections, does one exchange on each (so the server has really
+ *          accepted it), prints the JSON report, then holds them open until stdin
+ *          reaches EOF or --hold seconds pass.
+ *
+ * Phases: the ramp opens the TCP connections, at most --connect-batch of them waiting for
+ * their first reply at a time; it ends when every connection has had one (or failed), or
+ * after --ramp-timeout seconds.  Then comes the warm-up, then the measured window.  With
+ * --ramp barrier (the default) a connection that got its first reply waits for the ramp
+ * to end, so the window measures N connections served together; with --ramp live it
+ * goes on at once, so later connections are accepted by a server already under load.
+ * A connection the server never served shows up as stalled, not as a shorter warm-up.
+ *
+ * --poll busy (the default) never sleeps in epoll_wait(): the load generator has a CPU of
+ * its own, and waking a sleeping CPU costs tens of microseconds in a virtual machine,
+ * enough to throttle a fast server to half its rate in lock-step.  Its CPU use is then
+ * always 100 %, so the report gives instead the share of the window spent in polls that
+ * found nothing to do ("loadgen_idle_pct"): well above zero means the load generator
+ * was waiting for the server, not the other way round.
  *
  * Output (stdout, each line flushed): "window_start" when the warm-up ends, "window_end"
  * when the measured window ends, then one JSON object.  The driver samples the server's
  * CPU time when it reads the two markers.  Only exchanges that complete inside the
- * window are counted.  Every loop is bounded by warm-up + duration (+ hold in idle mode),
- * and only loopback addresses (127.0.0.0/8) are accepted as targets.
+ * window are counted.  Every loop is bounded by ramp + warm-up + duration (+ hold in idle
+ * mode), and only loopback addresses (127.0.0.0/8) are accepted as targets.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -41,14 +57,15 @@
 #include "loadgen.h"
 
 struct options opt = {
-    .mode = "echo", .host = "127.0.0.1", .conns = 50, .size = 64, .warmup = 1.0,
-    .duration = 5.0, .timeout_ms = 200, .connect_batch = 128, .hold = 30.0, .seed = 0x5eed,
+    .mode = "echo", .host = "127.0.0.1", .ramp = "barrier", .poll = "busy", .conns = 50,
+    .size = 64, .warmup = 1.0, .duration = 5.0, .ramp_timeout = 10.0, .timeout_ms = 200,
+    .connect_batch = 4, .hold = 30.0, .seed = 0x5eed,
 };
 struct results res;
 struct sockaddr_in target;
 unsigned char *pattern;
 uint64_t t_start, t_window, t_end;
-int window_open;
+int ramped, window_open, window_closed, ramp_remaining;
 
 uint64_t now_ns(void) {
     struct timespec ts;
@@ -85,20 +102,46 @@ void record(uint64_t started, uint64_t done) {
     res.lat[res.nlat++] = ns > UINT32_MAX ? UINT32_MAX : (uint32_t)ns;
 }
 
-/* Advance the window markers; returns 0 once the measured window is over. */
+/* Advance the phases; returns 0 once the measured window is over. */
 int tick(uint64_t now) {
+    uint64_t ramp_deadline = t_start + (uint64_t)(opt.ramp_timeout * 1e9);
+    if (!ramped && (ramp_remaining <= 0 || now >= ramp_deadline)) {
+        ramped = 1;
+        res.ramp_s = (double)(now - t_start) / 1e9;
+        t_window = now + (uint64_t)(opt.warmup * 1e9);
+        t_end = t_window + (uint64_t)(opt.duration * 1e9);
+    }
+    if (!ramped) return 1;
     if (!window_open && now >= t_window) {
         window_open = 1;
         res.cpu_at_window = cpu_seconds();
         fputs("window_start\n", stdout);
         fflush(stdout);
     }
+    if (window_open && !window_closed && now >= t_end) {
+        window_closed = 1;
+        res.cpu_at_end = cpu_seconds();
+        fputs("window_end\n", stdout);
+        fflush(stdout);
+    }
     return now < t_end;
 }
 
-/* epoll_wait timeout (ms) until the next marker, at most cap_ms. */
-int next_timeout_ms(uint64_t now, int cap_ms) {
-    uint64_t next = window_open ? t_end : t_window;
+/* Count a poll in the window; one that found nothing is load generator idle time. */
+void note_poll(uint64_t before, uint64_t after, int events) {
+    if (!window_open || before >= t_end) return;
+    res.polls++;
+    if (events <= 0) {
+        res.empty_polls++;
+        res.empty_poll_ns += (after < t_end ? after : t_end) - before;
+    }
+}
+
+/* epoll_wait timeout (ms): 0 when busy-polling, else until the next marker, <= cap_ms. */
+int poll_timeout_ms(uint64_t now, int cap_ms) {
+    if (!strcmp(opt.poll, "busy")) return 0;
+    uint64_t next = !ramped ? t_start + (uint64_t)(opt.ramp_timeout * 1e9)
+                  : window_open ? t_end : t_window;
     uint64_t ms = next > now ? (next - now + 999999) / 1000000 : 0;
     return ms < (uint64_t)cap_ms ? (int)ms : cap_ms;
 }
@@ -116,33 +159,36 @@ static double pct_us(double p) {
 
 static void print_json(void) {
     qsort(res.lat, res.nlat, sizeof *res.lat, cmp_u32);
-    double window = (double)(t_end - t_window) / 1e9;
+    double window = window_open ? (double)(t_end - t_window) / 1e9 : 0;
     char err[300];
     size_t j = 0; /* the message is ours (strerror), but keep the JSON valid anyway */
     for (const char *s = res.first_error; *s && j < sizeof err - 1; s++)
         if (*s != '"' && *s != '\\') err[j++] = *s;
     err[j] = 0;
     printf("{\"mode\": \"%s\", \"conns\": %d, \"size\": %d, \"warmup_s\": %.3f, "
-           "\"duration_s\": %.3f, \"requests\": %llu, \"bytes\": %llu, \"rate\": %.1f, "
+           "\"duration_s\": %.3f, \"ramp_s\": %.3f, \"requests\": %llu, \"bytes\": %llu, "
+           "\"rate\": %.1f, "
            "\"p50_us\": %.1f, \"p90_us\": %.1f, \"p99_us\": %.1f, \"max_us\": %.1f, "
            "\"stalled\": %d, \"connected\": %d, \"exchanged\": %d, \"errors\": %llu, "
            "\"verify_failures\": %llu, \"lost\": %llu, \"late\": %llu, "
-           "\"loadgen_cpu_pct\": %.1f, \"first_error\": \"%s\"}\n",
-           opt.mode, opt.conns, opt.size, opt.warmup, opt.duration,
+           "\"loadgen_cpu_pct\": %.1f, \"loadgen_idle_pct\": %.1f, \"first_error\": \"%s\"}\n",
+           opt.mode, opt.conns, opt.size, opt.warmup, opt.duration, res.ramp_s,
            (unsigned long long)res.requests, (unsigned long long)res.bytes,
            window > 0 ? res.requests / window : 0.0, pct_us(0.50), pct_us(0.90),
            pct_us(0.99), pct_us(1.0), res.stalled, res.connected, res.exchanged,
            (unsigned long long)res.errors, (unsigned long long)res.verify_failures,
            (unsigned long long)res.lost, (unsigned long long)res.late,
-           window > 0 ? 100.0 * (res.cpu_at_end - res.cpu_at_window) / window : 0.0, err);
+           window > 0 ? 100.0 * (res.cpu_at_end - res.cpu_at_window) / window : 0.0,
+           window > 0 ? 100.0 * (double)res.empty_poll_ns / 1e9 / window : 0.0, err);
     fflush(stdout);
 }
 
 static void usage(const char *argv0) {
     fprintf(stderr,
             "usage: %s --mode echo|short|udp|idle --port PORT [--host 127.0.0.1]\n"
-            "       [--conns N] [--size BYTES] [--warmup S] [--duration S]\n"
-            "       [--timeout-ms MS] [--connect-batch N] [--hold S] [--seed N]\n",
+            "       [--conns N] [--size BYTES] [--ramp-timeout S] [--warmup S]\n"
+            "       [--duration S] [--timeout-ms MS] [--connect-batch N] [--hold S]\n"
+            "       [--ramp barrier|live] [--poll busy|sleep] [--seed N]\n",
             argv0);
     exit(2);
 }
@@ -160,6 +206,9 @@ static void parse_args(int argc, char **argv) {
         else if (!strcmp(k, "--size")) opt.size = atoi(v);
         else if (!strcmp(k, "--warmup")) opt.warmup = atof(v);
         else if (!strcmp(k, "--duration")) opt.duration = atof(v);
+        else if (!strcmp(k, "--ramp-timeout")) opt.ramp_timeout = atof(v);
+        else if (!strcmp(k, "--ramp")) opt.ramp = v;
+        else if (!strcmp(k, "--poll")) opt.poll = v;
         else if (!strcmp(k, "--timeout-ms")) opt.timeout_ms = atoi(v);
         else if (!strcmp(k, "--connect-batch")) opt.connect_batch = atoi(v);
         else if (!strcmp(k, "--hold")) opt.hold = atof(v);
@@ -168,7 +217,10 @@ static void parse_args(int argc, char **argv) {
     }
     if (port <= 0 || port > 65535 || opt.conns < 1 || opt.size < 1 || opt.size > MAX_SIZE ||
         opt.warmup < 0 || opt.duration <= 0 || opt.duration > 3600 || opt.hold < 0 ||
-        opt.hold > 3600 || opt.timeout_ms < 1 || opt.connect_batch < 1)
+        opt.ramp_timeout < 0 || opt.ramp_timeout > 3600 || opt.warmup > 3600 ||
+        opt.hold > 3600 || opt.timeout_ms < 1 || opt.connect_batch < 1 ||
+        (strcmp(opt.ramp, "barrier") && strcmp(opt.ramp, "live")) ||
+        (strcmp(opt.poll, "busy") && strcmp(opt.poll, "sleep")))
         usage(argv[0]);
     target.sin_family = AF_INET;
     target.sin_port = htons((uint16_t)port);
@@ -206,8 +258,6 @@ int main(int argc, char **argv) {
     }
     make_pattern();
     t_start = now_ns();
-    t_window = t_start + (uint64_t)(opt.warmup * 1e9);
-    t_end = t_window + (uint64_t)(opt.duration * 1e9);
 
     int rc;
     if (!strcmp(opt.mode, "udp"))
@@ -221,8 +271,6 @@ int main(int argc, char **argv) {
 
     if (strcmp(opt.mode, "idle")) {
         tick(now_ns()); /* a window with no event at all still opens and closes */
-        res.cpu_at_end = cpu_seconds();
-        fputs("window_end\n", stdout);
         print_json();
         return 0;
     }

@@ -11,9 +11,9 @@
 #define MAX_EVENTS 1024
 
 struct options {
-    const char *mode, *host;
+    const char *mode, *host, *ramp, *poll;
     int conns, size, timeout_ms, connect_batch;
-    double warmup, duration, hold;
+    double warmup, duration, hold, ramp_timeout;
     unsigned long long seed;
 };
 
@@ -22,7 +22,8 @@ struct results {
     int stalled, connected, exchanged;
     uint32_t *lat; /* per-request latency, ns, completions inside the window only */
     size_t nlat, caplat;
-    double cpu_at_window, cpu_at_end;
+    double cpu_at_window, cpu_at_end, ramp_s;
+    uint64_t polls, empty_polls, empty_poll_ns; /* inside the window */
     char first_error[200];
 };
 
@@ -31,13 +32,14 @@ extern struct results res;
 extern struct sockaddr_in target;
 extern unsigned char *pattern;
 extern uint64_t t_start, t_window, t_end;
-extern int window_open;
+extern int ramped, window_open, ramp_remaining;
 
 uint64_t now_ns(void);
 void note_error(const char *what, int err);
 void record(uint64_t started, uint64_t done);
 int tick(uint64_t now);
-int next_timeout_ms(uint64_t now, int cap_ms);
+int poll_timeout_ms(uint64_t now, int cap_ms);
+void note_poll(uint64_t before, uint64_t after, int events);
 
 /* The expected bytes of message number seq on connection (or slot) id. */
 static inline const unsigned char *expected(uint32_t id, uint64_t seq) {

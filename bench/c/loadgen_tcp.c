@@ -5,10 +5,10 @@
  * Each connection is a small state machine driven by level-triggered epoll.  The epoll
  * cookie carries the connection's index and a generation number, so an event that was
  * queued for a socket closed earlier in the same batch (short mode reuses the slot at
- * once) is recognised and ignored.  At most --connect-batch connections are in their
- * handshake at a time (in idle mode: until their first exchange completes), so the
- * ramp-up does not turn into a SYN flood that only measures the kernel's retransmit
- * timer (1 s, then 3 s: RFC 6298 section 2).
+ * once) is recognised and ignored.  At most --connect-batch connections wait for their
+ * first reply at a time (a completed connect() only means the kernel queued it, not
+ * that the server accepted it), so the ramp does not turn into a SYN flood that only
+ * measures the kernel's retransmit timers (RFC 6298 section 2).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -23,10 +23,11 @@
 
 #include "loadgen.h"
 
+/* ST_IDLE: idle mode's end state, and where --ramp barrier parks a connection. */
 enum { ST_QUEUED, ST_RETRY, ST_CONNECTING, ST_ACTIVE, ST_IDLE, ST_DEAD };
 
 struct conn {
-    int fd, state, pending; /* pending: counted in `inflight` */
+    int fd, state, pending, ramped; /* pending: counted in `inflight` */
     uint32_t gen, events;
     size_t sent, recvd;
     uint64_t seq, started, retry_at, done_in_window;
@@ -34,7 +35,7 @@ struct conn {
 
 static struct conn *conns;
 static int *queue, qhead, qlen; /* ring of connections waiting to be opened */
-static int ep, inflight, retrying, finished, short_mode, idle_mode;
+static int ep, inflight, retrying, short_mode, idle_mode, barrier, parked, draining;
 static unsigned char *rbuf;
 
 static void enqueue(int i) {
@@ -49,6 +50,14 @@ static void unpend(struct conn *c) {
     }
 }
 
+/* The first reply on connection (or short-mode slot) c, or its failure: one less to ramp. */
+static void ramp_done(struct conn *c) {
+    if (!c->ramped) {
+        c->ramped = 1;
+        ramp_remaining--;
+    }
+}
+
 static void close_fd(struct conn *c) {
     if (c->fd >= 0) close(c->fd); /* close() also removes it from the epoll set */
     c->fd = -1;
@@ -59,12 +68,13 @@ static void drop(struct conn *c, const char *what, int err, int is_error) {
     if (is_error) note_error(what, err);
     close_fd(c);
     unpend(c);
+    if (!short_mode) ramp_done(c); /* a short-mode slot retries: it may still ramp */
     if (short_mode) {
         c->state = ST_RETRY;
         c->retry_at = now_ns() + 1000000;
         retrying++;
     } else {
-        if (c->state != ST_IDLE) finished++; /* an idle one was counted when it got there */
+        if (c->state == ST_IDLE) parked--;
         c->state = ST_DEAD;
     }
 }
@@ -132,7 +142,6 @@ static void on_connected(struct conn *c, int i, uint64_t now) {
     }
     res.connected++;
     c->state = ST_ACTIVE;
-    if (!idle_mode) unpend(c);
     start_request(c, i, now);
 }
 
@@ -143,10 +152,14 @@ static void complete(struct conn *c, int i) {
         c->done_in_window++;
     }
     if (c->seq++ == 0) res.exchanged++;
-    if (idle_mode) {
+    unpend(c);
+    ramp_done(c);
+    if (draining) {
+        close_fd(c);
+        c->state = ST_DEAD;
+    } else if (idle_mode || (barrier && !ramped)) {
         c->state = ST_IDLE;
-        unpend(c);
-        finished++;
+        parked++;
         set_events(c, i, EPOLLIN); /* keep watching: a close by the server is an error */
     } else if (short_mode) {
         close_fd(c);
@@ -180,6 +193,16 @@ static void on_readable(struct conn *c, int i) {
     }
 }
 
+/* End of a barrier ramp: every connection that got its first reply starts its load. */
+static void release_parked(uint64_t now) {
+    for (int i = 0; i < opt.conns; i++)
+        if (conns[i].state == ST_IDLE) {
+            conns[i].state = ST_ACTIVE;
+            start_request(&conns[i], i, now);
+        }
+    parked = 0;
+}
+
 static void requeue_due_retries(uint64_t now) {
     for (int i = 0; i < opt.conns && retrying; i++)
         if (conns[i].state == ST_RETRY && conns[i].retry_at <= now) {
@@ -202,9 +225,31 @@ static void dispatch(struct epoll_event *ev, uint64_t now) {
         try_send(c, i);
 }
 
+/* After the window: let the exchanges in flight finish (for at most a second), then close
+ * every connection in order, so that the servers see EOF rather than resets (a reset
+ * makes the stdlib's handle_error() print a traceback per connection, which would bury
+ * real errors in the server's log).  The "window_end" marker is out already. */
+static void drain(void) {
+    struct epoll_event events[MAX_EVENTS];
+    draining = 1;
+    for (int i = 0; i < opt.conns; i++)
+        if (conns[i].state != ST_ACTIVE) close_fd(&conns[i]);
+    uint64_t deadline = now_ns() + 1000000000u;
+    for (;;) {
+        int active = 0;
+        for (int i = 0; i < opt.conns; i++)
+            active += conns[i].state == ST_ACTIVE && conns[i].fd >= 0;
+        if (!active || now_ns() >= deadline) break;
+        int n = epoll_wait(ep, events, MAX_EVENTS, 10);
+        for (int k = 0; k < n; k++) dispatch(&events[k], now_ns());
+    }
+    for (int i = 0; i < opt.conns; i++) close_fd(&conns[i]);
+}
+
 int run_tcp(void) {
     short_mode = !strcmp(opt.mode, "short");
     idle_mode = !strcmp(opt.mode, "idle");
+    barrier = !short_mode && !strcmp(opt.ramp, "barrier");
     conns = calloc((size_t)opt.conns, sizeof *conns);
     queue = calloc((size_t)opt.conns, sizeof *queue);
     rbuf = malloc((size_t)opt.size);
@@ -217,11 +262,12 @@ int run_tcp(void) {
         conns[i].fd = -1;
         enqueue(i);
     }
+    ramp_remaining = opt.conns;
     struct epoll_event events[MAX_EVENTS];
     for (;;) {
         uint64_t now = now_ns();
-        if (!tick(now)) break;
-        if (idle_mode && finished == opt.conns) break;
+        if (!tick(now) || (idle_mode && ramped)) break;
+        if (ramped && parked) release_parked(now);
         if (retrying) requeue_due_retries(now);
         while (inflight < opt.connect_batch && qlen > 0) {
             int i = queue[qhead];
@@ -229,15 +275,17 @@ int run_tcp(void) {
             qlen--;
             open_conn(i, now);
         }
-        int n = epoll_wait(ep, events, MAX_EVENTS, next_timeout_ms(now, retrying ? 1 : 100));
+        int n = epoll_wait(ep, events, MAX_EVENTS, poll_timeout_ms(now, retrying ? 1 : 100));
         if (n < 0 && errno != EINTR) {
             perror("epoll_wait");
             return 1;
         }
-        now = now_ns();
-        for (int k = 0; k < n; k++) dispatch(&events[k], now);
+        uint64_t after = now_ns();
+        note_poll(now, after, n);
+        for (int k = 0; k < n; k++) dispatch(&events[k], after);
     }
     for (int i = 0; i < opt.conns; i++)
         if (idle_mode ? conns[i].state != ST_IDLE : conns[i].done_in_window == 0) res.stalled++;
+    if (!idle_mode) drain();
     return 0;
 }

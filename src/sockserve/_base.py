@@ -21,6 +21,8 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._connections import ConnectionRegistry
+from .access import AccessList
+from .address import unmap_client_address
 from ._wakeup import RECHECK, SHUTDOWN, Waker
 from .stats import Counters, DrainReport, ServerStatistics
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, Handshake, HandshakeDriver, blocking_handshake
@@ -70,6 +72,11 @@ class BaseServer:
     max_connections_per_ip: int | None = None
     overload: OverloadPolicy = "pause"
     busy_reply: bytes | None = None
+    # CIDR allow/deny rules checked before verify_request() (access.py).
+    access_list: AccessList | None = None
+    # On a dual-stack IPv6 socket, show IPv4 clients as ("a.b.c.d", port) rather than
+    # ("::ffff:a.b.c.d", port, 0, 0).
+    unmap_ipv4_clients = False
     # server_close() first waits this long for open connections, then cuts them.
     drain_timeout: float | None = None
     # Per-connection timeouts and the line limit, applied by StreamRequestHandler.
@@ -216,6 +223,17 @@ class BaseServer:
         self.shutdown()
         return self._sockserve_finish_connections(timeout, closed_before)
 
+    def stop_now(self) -> None:
+        """Cut every open connection now (a second stop signal during a drain)."""
+        self._sockserve_connections.cut_all(self._sockserve_connections.closed_total)
+
+    def reload(self) -> None:
+        """Called by the runner on SIGHUP; pre-forked servers replace their workers."""
+
+    def scale(self, delta: int) -> None:
+        """Called by the runner on SIGTTIN (+1) / SIGTTOU (-1): more or fewer workers."""
+        logger.info("nothing to scale in a %s", type(self).__name__)
+
     def _sockserve_finish_connections(self, timeout: float | None,
                                       closed_before: int | None = None) -> DrainReport:
         """Wait up to *timeout* for open connections to close, then cut the rest.
@@ -334,6 +352,13 @@ class BaseServer:
         if self.__accept_backoff:
             logger.info("accepting again on %s", self.server_address)
             self.__accept_backoff = 0.0
+        if self.unmap_ipv4_clients:
+            client_address = unmap_client_address(client_address)
+        if self.access_list is not None and not self.access_list.check(client_address):
+            self._sockserve_counters.denied += 1
+            logger.info("access denied to %s", client_address)
+            self.shutdown_request(request)
+            return
         if getattr(self, "socket_type", None) == socket.SOCK_STREAM and \
                 not self.__admit(request, client_address):
             return

@@ -45,6 +45,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
     _supervisor_waker: Waker | None = None  # set in workers: the parent's loop
     _requests_left = 0
     _poll_interval: float | None = 0.5
+    _replace_requested = False
 
     @property
     def in_worker(self) -> bool:
@@ -77,6 +78,9 @@ class PreForkMixIn(_ConcurrencyMixIn):
             while not self._sockserve_stop_requested():
                 supervisor.reap(selector)
                 supervisor.target = self.workers
+                if self._replace_requested:
+                    self._replace_requested = False
+                    supervisor.replace_all()
                 supervisor.shrink()
                 supervisor.fill()
                 timeout = supervisor.register(selector)
@@ -132,6 +136,22 @@ class PreForkMixIn(_ConcurrencyMixIn):
             self._supervisor_waker.wake(SHUTDOWN)
             return
         super().shutdown()
+
+    def reload(self) -> None:
+        """Replace every worker: new ones start at once, old ones finish and exit."""
+        self._replace_requested = True
+        self._sockserve_wake()
+
+    def scale(self, delta: int) -> None:
+        """One more or fewer worker process (never fewer than one)."""
+        self.set_workers(max(1, self.workers + delta))
+        logger.info("workers: %d", self.workers)
+
+    def stop_now(self) -> None:
+        """Kill the workers instead of waiting for them (a second stop request)."""
+        if self._supervisor is not None:
+            self._supervisor.kill_all()
+        super().stop_now()
 
     def set_workers(self, workers: int) -> None:
         """Change the number of worker processes while serving."""

@@ -69,6 +69,24 @@ class TCPServer(BaseServer):
             socket_file.remove()
         self.socket.close()
 
+    @classmethod
+    def from_socket(cls, sock: socket.socket, RequestHandlerClass: Any) -> Any:
+        """A server on a socket bound elsewhere: ``address.bind_sockets()``, an
+        inherited descriptor (``fd://N``, a restart), systemd socket activation.
+
+        The socket must already be bound (and listening, for streams); the server owns
+        it from now on.  ``server_bind()`` and ``server_activate()`` are not called.
+        """
+        server = cls(sock.getsockname(), RequestHandlerClass, bind_and_activate=False)
+        server.socket.close()
+        server.socket = sock
+        server.address_family = sock.family
+        return server
+
+    def disown_socket_file(self) -> None:
+        """Leave the Unix socket file on close: another process serves it now."""
+        self._socket_file = None
+
     def fileno(self) -> int:
         return self.socket.fileno()
 

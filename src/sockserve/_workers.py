@@ -75,6 +75,11 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
             self.overload != "pause"
             or self.pool.has_capacity(reserve=self._sockserve_preparing()))
 
+    def scale(self, delta: int) -> None:
+        """One more or fewer worker thread (never fewer than one)."""
+        self.set_max_workers(max(1, self.max_workers + delta))
+        logger.info("pool resized to %d threads", self.max_workers)
+
     def set_max_workers(self, max_workers: int) -> None:
         """Change the number of worker threads while serving."""
         self.max_workers = max_workers

@@ -1,14 +1,27 @@
-"""The ``sockserve`` command: ``echo`` serves the demo, ``send`` is its client."""
+"""The ``sockserve`` command: ``serve`` runs any handler, ``echo`` the demo, ``send`` is
+the demo's client.  Servers started here get ``ProductionDefaults`` and the signal
+handling of ``runner.run()``."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import socket
 import sys
+from typing import Any
 
 from . import __version__
-from ._mixins import ThreadingTCPServer, ThreadingUDPServer
+from .access import AccessList
+from .address import Address, bind_sockets, display_client_address, parse_address
+from .defaults import production
 from .echo import UpperEchoDatagramHandler, UpperEchoHandler, send
+from .errors import SockServeError
+from .runner import inherited_listen_fd, run
+
+logger = logging.getLogger("sockserve.cli")
+
+MODELS = ("serial", "threads", "pool", "prefork")
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -21,15 +34,52 @@ def parse_host_port(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _address(text: str) -> Address:
+    try:
+        return parse_address(text)
+    except SockServeError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def _add_server_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("serving")
+    group.add_argument("--bind", type=_address, metavar="ADDR",
+                       help="HOST:PORT, [IPv6]:PORT, udp://HOST:PORT, unix:/path, "
+                            "unix:@name, fd://N")
+    group.add_argument("--model", choices=MODELS, default="pool",
+                       help="concurrency model (default: pool)")
+    group.add_argument("--workers", type=int, default=2, help="processes for prefork")
+    group.add_argument("--threads", type=int, default=16, help="threads for pool")
+    limits = parser.add_argument_group("limits (defaults: sockserve.defaults)")
+    for name, kind in (("max-connections", int), ("idle-timeout", float),
+                       ("read-timeout", float), ("write-timeout", float),
+                       ("connection-lifetime", float), ("drain-timeout", float),
+                       ("max-connections-per-ip", int)):
+        limits.add_argument(f"--{name}", type=kind, metavar="N")
+    access = parser.add_argument_group("access control")
+    access.add_argument("--allow", action="append", default=[], metavar="CIDR")
+    access.add_argument("--deny", action="append", default=[], metavar="CIDR")
+    tls = parser.add_argument_group("TLS")
+    tls.add_argument("--tls-cert", metavar="PEM")
+    tls.add_argument("--tls-key", metavar="PEM")
+    tls.add_argument("--tls-client-ca", metavar="PEM")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sockserve", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sockserve {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    serve = commands.add_parser("serve", help="serve MODULE:HANDLER")
+    serve.add_argument("handler", metavar="MODULE:HANDLER",
+                       help="a request handler class, e.g. myapp.handlers:Echo")
+    _add_server_options(serve)
+
     echo = commands.add_parser("echo", help="serve the upper-casing echo demo")
     echo.add_argument("--udp", action="store_true", help="serve UDP instead of TCP")
-    echo.add_argument("--host", default="localhost", help="address to bind (default: localhost)")
-    echo.add_argument("--port", type=int, default=9999, help="port (default: 9999; 0 picks one)")
+    echo.add_argument("--host", default="localhost", help="address (default: localhost)")
+    echo.add_argument("--port", type=int, default=9999, help="port (default: 9999; 0 picks)")
+    _add_server_options(echo)
 
     client = commands.add_parser("send", help="send DATA to an echo server, print the reply")
     client.add_argument("address", type=parse_host_port, metavar="HOST:PORT")
@@ -39,20 +89,73 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_echo(args: argparse.Namespace) -> int:
-    base = ThreadingUDPServer if args.udp else ThreadingTCPServer
-    handler = UpperEchoDatagramHandler if args.udp else UpperEchoHandler
-    # A restarted demo must not wait for the old connections' TIME_WAIT to expire.
-    server_class = type("EchoServer", (base,), {"allow_reuse_address": True,
-                                                "daemon_threads": True})
-    with server_class((args.host, args.port), handler) as server:
-        host, port = server.server_address[:2]
-        print(f"sockserve echo: serving {'UDP' if args.udp else 'TCP'} on {host}:{port} "
-              "(Ctrl-C stops)", flush=True)
-        try:
-            server.serve_forever()
-        except KeyboardInterrupt:
-            print("sockserve echo: stopped", flush=True)
+def load_handler(spec: str) -> type:
+    module_name, sep, attr = spec.partition(":")
+    if not sep:
+        raise SockServeError(f"expected MODULE:HANDLER, got {spec!r}")
+    handler = getattr(importlib.import_module(module_name), attr, None)
+    if not isinstance(handler, type):
+        raise SockServeError(f"{spec!r} is not a class")
+    return handler
+
+
+def server_class_for(sock: socket.socket, model: str) -> type:
+    """The ready-made server class for *sock*'s family and type under *model*."""
+    import sockserve
+    stream = sock.type == socket.SOCK_STREAM
+    unix = sock.family == getattr(socket, "AF_UNIX", None)
+    kind = ("UnixStream" if stream else "UnixDatagram") if unix else ("TCP" if stream else "UDP")
+    prefix = {"serial": "", "threads": "Threading", "pool": "ThreadPool",
+              "prefork": "PreFork"}[model]
+    cls: type = getattr(sockserve, f"{prefix}{kind}Server")
+    if model == "prefork":  # each worker gets a pool
+        cls = type(cls.__name__, (sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn,
+                                  getattr(sockserve, f"{kind}Server")), {})
+    return cls
+
+
+def build_server(args: argparse.Namespace, handler: type, address: Address) -> Any:
+    """Bind (or take the inherited socket) and configure a server from the options."""
+    fd = inherited_listen_fd()
+    if fd is not None:
+        sock = socket.socket(fileno=fd)
+    else:
+        sock, *others = bind_sockets(address)
+        for other in others:  # one server, one socket: a name may resolve to several
+            logger.info("%s also resolves to %s: not served", address, other.getsockname())
+            other.close()
+    settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
+                                "unmap_ipv4_clients": True}
+    for name in ("max_connections", "idle_timeout", "read_timeout", "write_timeout",
+                 "connection_lifetime", "drain_timeout", "max_connections_per_ip"):
+        if getattr(args, name) is not None:
+            settings[name] = getattr(args, name)
+    server_class: Any = production(server_class_for(sock, args.model), **settings)
+    server = server_class.from_socket(sock, handler)
+    if args.allow or args.deny:
+        server.access_list = AccessList.from_strings(args.allow, args.deny)
+    if args.tls_cert:
+        from .tls import server_context
+        server.ssl_context = server_context(
+            args.tls_cert, args.tls_key, client_cafile=args.tls_client_ca,
+            verify_client="required" if args.tls_client_ca else "none")
+    return server
+
+
+def serve(args: argparse.Namespace, handler: type, default_address: Address) -> int:
+    server = build_server(args, handler, args.bind or default_address)
+    where = display_client_address(server.server_address)
+    kind = "TCP" if server.socket.type == socket.SOCK_STREAM else "UDP"
+    print(f"sockserve: serving {kind} on {where} ({args.model}) — Ctrl-C stops", flush=True)
+
+    def reload_certificates() -> None:
+        if args.tls_cert and server.ssl_context is not None:
+            server.ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+
+    report = run(server, drain_timeout=server.drain_timeout, reload=reload_certificates)
+    if report is not None:
+        print(f"sockserve: stopped ({report.finished} connections finished, "
+              f"{report.cut} cut)", flush=True)
     return 0
 
 
@@ -72,6 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if args.command == "echo":
-        return run_echo(args)
-    return run_send(args)
+    try:
+        if args.command == "send":
+            return run_send(args)
+        if args.command == "echo":
+            handler: type = UpperEchoDatagramHandler if args.udp else UpperEchoHandler
+            scheme = "udp://" if args.udp else ""
+            host = f"[{args.host}]" if ":" in args.host else args.host
+            return serve(args, handler, parse_address(f"{scheme}{host}:{args.port}"))
+        return serve(args, load_handler(args.handler), parse_address("127.0.0.1:8000"))
+    except (SockServeError, OSError) as exc:
+        print(f"sockserve: {exc}", file=sys.stderr)
+        return 1

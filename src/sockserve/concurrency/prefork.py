@@ -170,6 +170,19 @@ class Supervisor:
             worker.stopping = True
             self._signal(worker.pid, signal.SIGTERM)
 
+    def replace_all(self) -> None:
+        """Ask every worker to stop gracefully; ``fill()`` starts their replacements
+        at once, so new workers accept while the old ones finish."""
+        for worker in self._workers.values():
+            if not worker.stopping:
+                worker.stopping = True
+                self._signal(worker.pid, signal.SIGTERM)
+
+    def kill_all(self) -> None:
+        """SIGKILL every worker (a second stop request: no more waiting)."""
+        for pid in list(self._workers):
+            self._signal(pid, signal.SIGKILL)
+
     # -- stopping --------------------------------------------------------------------
 
     def stop(self, graceful_timeout: float) -> None:

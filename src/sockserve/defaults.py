@@ -1,0 +1,46 @@
+"""Production defaults: what sockserve's own entry points use, and how to ask for them.
+
+Classes named like socketserver's keep the stdlib's defaults (no limits, no timeouts),
+so existing code behaves as before.  Put ``ProductionDefaults`` first in a server's
+bases, or use ``production()``, to get these instead; every value stays overridable.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+T = TypeVar("T", bound=type)
+
+
+class ProductionDefaults:
+    """Limits and timeouts for servers that face real clients (see the values' reasons)."""
+
+    # Backlog: room for bursts while the loop is busy (Linux caps it at somaxconn, 4096).
+    request_queue_size = 1024
+    allow_reuse_address = True  # restart without waiting out TIME_WAIT
+    # Enough for thousands of clients, low enough that a flood meets a limit before the
+    # process runs out of descriptors (the default soft RLIMIT_NOFILE is often 1024+).
+    max_connections = 1000
+    max_connections_per_ip: int | None = None  # off: clients behind NAT share an address
+    overload = "pause"
+    # nginx: keepalive_timeout 75 s, client_header/body_timeout 60 s, send_timeout 60 s.
+    idle_timeout = 60.0
+    read_timeout = 30.0
+    write_timeout = 30.0
+    connection_lifetime: float | None = None  # off: long transfers are legitimate
+    max_line_length = 64 * 1024  # like asyncio's StreamReader limit
+    handshake_timeout = 30.0  # AnyIO's TLS default
+    drain_timeout = 30.0  # systemd's and Kubernetes' default grace period is 30 s
+    max_packet_size = 65535  # a UDP datagram's maximum payload (the stdlib reads 8192)
+    daemon_threads = True  # never keep the process alive for a stuck handler
+    graceful_timeout = 30.0  # pre-forked workers: time to drain before SIGKILL
+
+
+def production(server_class: T, **overrides: Any) -> T:
+    """*server_class* with ``ProductionDefaults`` applied, then *overrides*.
+
+    Example::
+
+        Server = production(sockserve.ThreadPoolTCPServer, max_workers=64)
+    """
+    return type(server_class.__name__, (ProductionDefaults, server_class), overrides)  # type: ignore[return-value]
