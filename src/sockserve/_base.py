@@ -217,15 +217,17 @@ class BaseServer:
         Returns:
             How many connections were open, finished and cut.
         """
-        closed_before = self._sockserve_connections.closed_total
+        counts_before = self._sockserve_connections.counts()
+        logger.info("draining %s: %d connections open, deadline %s s", self.server_address,
+                    len(self._sockserve_connections), timeout)
         self.draining.set()
         self.__accept_backlog_on_stop = backlog
         self.shutdown()
-        return self._sockserve_finish_connections(timeout, closed_before)
+        return self._sockserve_finish_connections(timeout, counts_before)
 
     def stop_now(self) -> None:
         """Cut every open connection now (a second stop signal during a drain)."""
-        self._sockserve_connections.cut_all(self._sockserve_connections.closed_total)
+        self._sockserve_connections.cut_all()
 
     def reload(self) -> None:
         """Called by the runner on SIGHUP; pre-forked servers replace their workers."""
@@ -235,19 +237,20 @@ class BaseServer:
         logger.info("nothing to scale in a %s", type(self).__name__)
 
     def _sockserve_finish_connections(self, timeout: float | None,
-                                      closed_before: int | None = None) -> DrainReport:
+                                      counts_before: tuple[int, int] | None = None
+                                      ) -> DrainReport:
         """Wait up to *timeout* for open connections to close, then cut the rest.
 
-        Connections closed since *closed_before* (a ``closed_total`` reading) count as
-        finished.
+        Counts from *counts_before* (a ``counts()`` reading) on.
         """
         self.draining.set()
         connections = self._sockserve_connections
-        if closed_before is None:
-            closed_before = connections.closed_total
-        connections.wait_empty(timeout)
-        finished, cut = connections.cut_all(closed_before)
-        report = DrainReport(open=finished + cut, finished=finished, cut=cut)
+        finished_before, cut_before = counts_before or connections.counts()
+        if not connections.wait_empty(timeout):
+            connections.cut_all()
+        finished, cut = connections.counts()
+        report = DrainReport(open=finished - finished_before + cut - cut_before,
+                             finished=finished - finished_before, cut=cut - cut_before)
         if report.open:
             logger.info("drained %s: %d connections finished, %d cut",
                         self.server_address, report.finished, report.cut)

@@ -36,7 +36,9 @@ class ConnectionRegistry:
         self._open: dict[int, tuple[Any, str | None]] = {}
         self._per_host: collections.Counter[str] = collections.Counter()
         self._on_release = on_release
-        self.closed_total = 0
+        self._cut: set[int] = set()
+        self.finished_total = 0  # released without having been cut
+        self.cut_total = 0  # cut by cut_all()
 
     def __len__(self) -> int:
         return len(self._open)
@@ -72,7 +74,10 @@ class ConnectionRegistry:
                 self._per_host[host] -= 1
                 if not self._per_host[host]:
                     del self._per_host[host]
-            self.closed_total += 1
+            if fd in self._cut:
+                self._cut.discard(fd)
+            else:
+                self.finished_total += 1
             self._cond.notify_all()
         self._on_release()
 
@@ -87,22 +92,25 @@ class ConnectionRegistry:
                 self._cond.wait(remaining)
             return True
 
-    def cut_all(self, closed_before: int) -> tuple[int, int]:
-        """Shut down every open connection in both directions.
+    def counts(self) -> tuple[int, int]:
+        """(finished_total, cut_total), read together."""
+        with self._cond:
+            return self.finished_total, self.cut_total
+
+    def cut_all(self) -> int:
+        """Shut down every open connection in both directions; returns how many.
 
         A handler blocked in recv() then sees end-of-file and one blocked in send()
-        an error, so each ends through its usual error handling and releases itself.
-
-        Returns:
-            (closed since *closed_before* was read from ``closed_total``, cut now),
-            taken at the same instant.
+        an error, so each ends through its usual error handling and releases itself
+        (counted as cut, not finished).
         """
         with self._cond:
-            finished = self.closed_total - closed_before
-            socks = [sock for sock, _ in self._open.values()]
-        for sock in socks:
+            fresh = {fd: sock for fd, (sock, _) in self._open.items() if fd not in self._cut}
+            self._cut.update(fresh)
+            self.cut_total += len(fresh)
+        for sock in fresh.values():
             try:
                 sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed or reset
-        return finished, len(socks)
+        return len(fresh)
