@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from ._connections import ConnectionRegistry
@@ -72,6 +73,10 @@ class BaseServer:
     max_connections_per_ip: int | None = None
     overload: OverloadPolicy = "pause"
     busy_reply: bytes | None = None
+    # Listening sockets besides self.socket (several addresses, one server); the
+    # loop accepts on all of them and get_request() reads _sockserve_listener.
+    extra_sockets: Sequence[Any] = ()
+    _sockserve_listener: Any = None
     # CIDR allow/deny rules checked before verify_request() (access.py).
     access_list: AccessList | None = None
     # On a dual-stack IPv6 socket, show IPv4 clients as ("a.b.c.d", port) rather than
@@ -153,16 +158,23 @@ class BaseServer:
             self.__shutdown_request = False
             self.__is_shut_down.set()
 
+    def _sockserve_listeners(self) -> list[Any]:
+        """What the loop waits on for new requests: the server itself (its fileno(),
+        as in the stdlib) and any further listening sockets (``extra_sockets``)."""
+        return [self, *self.extra_sockets]
+
     def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
-                    poll_interval: float | None) -> None:
+                              poll_interval: float | None) -> None:
+        listeners = self._sockserve_listeners()
         listening = False
         while not self.__shutdown_request:
             pause = self.__accept_resume_at - time.monotonic()
             if listening != (pause <= 0 and self._sockserve_has_capacity()):
-                if listening:
-                    selector.unregister(self)
-                else:
-                    selector.register(self, selectors.EVENT_READ)
+                for listener in listeners:
+                    if listening:
+                        selector.unregister(listener)
+                    else:
+                        selector.register(listener, selectors.EVENT_READ, "listener")
                 listening = not listening
             timeout = poll_interval
             handshake_due = self.__handshakes.expire() if self.__handshakes else None
@@ -170,10 +182,10 @@ class BaseServer:
                 if due is not None and due > 0 and (timeout is None or due < timeout):
                     timeout = due
             ready = selector.select(timeout)
-            request_ready = False
+            requests_ready = []
             for key, _ in ready:
-                if key.fileobj is self:
-                    request_ready = True
+                if key.data == "listener":
+                    requests_ready.append(key.fileobj)
                 elif key.fileobj is waker:
                     self._sockserve_read_wakeups(waker)
                 elif isinstance(key.data, Handshake) and self.__handshakes is not None:
@@ -182,9 +194,17 @@ class BaseServer:
             # been requested (bpo-35017).
             if self.__shutdown_request:
                 break
-            if request_ready:
-                self._handle_request_noblock()
+            for listener in requests_ready:
+                self.__accept_from(listener)
             self.service_actions()
+
+    def __accept_from(self, listener: Any) -> None:
+        """One request from *listener* (the server itself, or one of extra_sockets)."""
+        self._sockserve_listener = None if listener is self else listener
+        try:
+            self._handle_request_noblock()
+        finally:
+            self._sockserve_listener = None
 
     def shutdown(self) -> None:
         """Stop the ``serve_forever()`` loop and wait until it has stopped.
@@ -260,9 +280,11 @@ class BaseServer:
         """Accept what waits in the kernel backlog (drain with backlog=True)."""
         self.__handshakes = None  # no loop left to drive them: handshake in place
         for _ in range(max(1, getattr(self, "request_queue_size", 5)) * 4):
-            if not select.select([self], [], [], 0)[0]:
+            ready = select.select(self._sockserve_listeners(), [], [], 0)[0]
+            if not ready:
                 break
-            self._handle_request_noblock()
+            for listener in ready:
+                self.__accept_from(listener)
 
     def service_actions(self) -> None:
         """Called by the ``serve_forever()`` loop; may be overridden."""
@@ -322,7 +344,8 @@ class BaseServer:
             timeout = min(timeout, self.timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         with _ServerSelector() as selector:
-            selector.register(self, selectors.EVENT_READ)
+            for listener in self._sockserve_listeners():
+                selector.register(listener, selectors.EVENT_READ)
             while True:
                 # Clamped at 0 so that a zero timeout still polls once, as in the stdlib.
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -330,8 +353,8 @@ class BaseServer:
                 if pause > 0:
                     # Out of descriptors: wait out the back-off instead of spinning.
                     time.sleep(pause if remaining is None else min(pause, remaining))
-                elif selector.select(remaining):
-                    return self._handle_request_noblock()
+                elif ready := selector.select(remaining):
+                    return self.__accept_from(ready[0][0].fileobj)
                 if deadline is not None and time.monotonic() >= deadline:
                     return self.handle_timeout()
 

@@ -27,7 +27,7 @@ class TCPServer(BaseServer):
     def __init__(self, server_address: Any, RequestHandlerClass: Any,
                  bind_and_activate: bool = True) -> None:
         BaseServer.__init__(self, server_address, RequestHandlerClass)
-        self._socket_file: OwnedSocketFile | None = None
+        self._socket_files: list[OwnedSocketFile] = []
         self.socket = socket.socket(self.address_family, self.socket_type)
         if bind_and_activate:
             try:
@@ -49,7 +49,7 @@ class TCPServer(BaseServer):
             remove_stale_socket_file(self.server_address, self.socket_type)
         self.socket.bind(self.server_address)
         if unix_file:
-            self._socket_file = OwnedSocketFile.after_bind(self.server_address)
+            self._socket_files.append(OwnedSocketFile.after_bind(self.server_address))
         self.server_address = self.socket.getsockname()
 
     def server_activate(self) -> None:
@@ -63,35 +63,59 @@ class TCPServer(BaseServer):
         """
         if self.drain_timeout is not None:
             self._sockserve_finish_connections(self.drain_timeout)
-        socket_file = getattr(self, "_socket_file", None)
-        if socket_file is not None:
-            self._socket_file = None
+        files, self._socket_files = getattr(self, "_socket_files", []), []
+        for socket_file in files:
             socket_file.remove()
+        for sock in self.extra_sockets:
+            sock.close()
         self.socket.close()
 
     @classmethod
     def from_socket(cls, sock: socket.socket, RequestHandlerClass: Any) -> Any:
-        """A server on a socket bound elsewhere: ``address.bind_sockets()``, an
-        inherited descriptor (``fd://N``, a restart), systemd socket activation.
+        """A server on a socket bound elsewhere; see ``from_sockets()``."""
+        return cls.from_sockets([sock], RequestHandlerClass)
 
-        The socket must already be bound (and listening, for streams); the server owns
-        it from now on.  ``server_bind()`` and ``server_activate()`` are not called.
+    @classmethod
+    def from_sockets(cls, socks: list[socket.socket], RequestHandlerClass: Any) -> Any:
+        """One server on sockets bound elsewhere: ``address.bind_sockets()`` (several
+        addresses), an inherited descriptor (``fd://N``, a restart).
+
+        Each socket must already be bound (and listening, for streams), all of this
+        server's type.  The first becomes ``self.socket`` (and ``server_address``), the
+        others ``extra_sockets``; the server owns them all, and the Unix socket files
+        among them (removed on close).  ``server_bind()``/``server_activate()`` are not
+        called.
+
+        Raises:
+            ValueError: no socket, or one of another type than ``socket_type``.
         """
-        server = cls(sock.getsockname(), RequestHandlerClass, bind_and_activate=False)
+        if not socks or any(sock.type != cls.socket_type for sock in socks):
+            raise ValueError(f"{cls.__name__} needs sockets of type "
+                             f"{socket.SocketKind(cls.socket_type).name}")
+        server = cls(socks[0].getsockname(), RequestHandlerClass, bind_and_activate=False)
         server.socket.close()
-        server.socket = sock
-        server.address_family = sock.family
+        server.socket, server.extra_sockets = socks[0], list(socks[1:])
+        server.address_family = socks[0].family
+        for sock in socks:
+            name = sock.getsockname()
+            if sock.family == getattr(socket, "AF_UNIX", None) and is_filesystem_path(name):
+                server._socket_files.append(OwnedSocketFile.after_bind(name))
         return server
 
+    @property
+    def server_addresses(self) -> list[Any]:
+        """Every address served: ``server_address`` first."""
+        return [self.server_address, *(s.getsockname() for s in self.extra_sockets)]
+
     def disown_socket_file(self) -> None:
-        """Leave the Unix socket file on close: another process serves it now."""
-        self._socket_file = None
+        """Leave the Unix socket files on close: another process serves them now."""
+        self._socket_files = []
 
     def fileno(self) -> int:
         return self.socket.fileno()
 
     def get_request(self) -> tuple[Any, Any]:
-        return self.socket.accept()
+        return (self._sockserve_listener or self.socket).accept()
 
     def shutdown_request(self, request: Any) -> None:
         """Half-close the connection so the client sees EOF, then close it."""
@@ -117,8 +141,9 @@ class UDPServer(TCPServer):
     max_packet_size = 8192
 
     def get_request(self) -> tuple[Any, Any]:
-        data, client_addr = self.socket.recvfrom(self.max_packet_size)
-        return (data, self.socket), client_addr
+        listener = self._sockserve_listener or self.socket  # replies leave from it too
+        data, client_addr = listener.recvfrom(self.max_packet_size)
+        return (data, listener), client_addr
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen()."""

@@ -17,7 +17,7 @@ from .address import Address, bind_sockets, display_client_address, parse_addres
 from .defaults import production
 from .echo import UpperEchoDatagramHandler, UpperEchoHandler, send
 from .errors import SockServeError
-from .runner import inherited_listen_fd, run
+from .runner import inherited_listen_fds, run
 
 logger = logging.getLogger("sockserve.cli")
 
@@ -43,9 +43,9 @@ def _address(text: str) -> Address:
 
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving")
-    group.add_argument("--bind", type=_address, metavar="ADDR",
-                       help="HOST:PORT, [IPv6]:PORT, udp://HOST:PORT, unix:/path, "
-                            "unix:@name, fd://N")
+    group.add_argument("--bind", type=_address, metavar="ADDR", action="append",
+                       help="HOST:PORT, [IPv6]:PORT, *:PORT, udp://HOST:PORT, unix:/path, "
+                            "unix:@name, fd://N; repeat to serve several addresses")
     group.add_argument("--model", choices=MODELS, default="pool",
                        help="concurrency model (default: pool)")
     group.add_argument("--workers", type=int, default=2, help="processes for prefork")
@@ -114,16 +114,25 @@ def server_class_for(sock: socket.socket, model: str) -> type:
     return cls
 
 
-def build_server(args: argparse.Namespace, handler: type, address: Address) -> Any:
-    """Bind (or take the inherited socket) and configure a server from the options."""
-    fd = inherited_listen_fd()
-    if fd is not None:
-        sock = socket.socket(fileno=fd)
-    else:
-        sock, *others = bind_sockets(address)
-        for other in others:  # one server, one socket: a name may resolve to several
-            logger.info("%s also resolves to %s: not served", address, other.getsockname())
-            other.close()
+def build_server(args: argparse.Namespace, handler: type, addresses: list[Address]) -> Any:
+    """Bind (or take the inherited sockets) and configure a server from the options.
+
+    Resource handling: on failure, every socket bound so far is closed.
+    """
+    socks = [socket.socket(fileno=fd) for fd in inherited_listen_fds()]
+    try:
+        if not socks:
+            for address in addresses:
+                socks += bind_sockets(address)
+        kinds = {(sock.family == getattr(socket, "AF_UNIX", None), sock.type) for sock in socks}
+        if len(kinds) > 1:
+            raise SockServeError("one server serves one kind of socket: do not mix TCP, "
+                                 "UDP and Unix addresses")
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    sock = socks[0]
     settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
                                 "unmap_ipv4_clients": True}
     for name in ("max_connections", "idle_timeout", "read_timeout", "write_timeout",
@@ -131,7 +140,7 @@ def build_server(args: argparse.Namespace, handler: type, address: Address) -> A
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     server_class: Any = production(server_class_for(sock, args.model), **settings)
-    server = server_class.from_socket(sock, handler)
+    server = server_class.from_sockets(socks, handler)
     if args.allow or args.deny:
         server.access_list = AccessList.from_strings(args.allow, args.deny)
     if args.tls_cert:
@@ -143,8 +152,8 @@ def build_server(args: argparse.Namespace, handler: type, address: Address) -> A
 
 
 def serve(args: argparse.Namespace, handler: type, default_address: Address) -> int:
-    server = build_server(args, handler, args.bind or default_address)
-    where = display_client_address(server.server_address)
+    server = build_server(args, handler, args.bind or [default_address])
+    where = ", ".join(map(display_client_address, server.server_addresses))
     kind = "TCP" if server.socket.type == socket.SOCK_STREAM else "UDP"
     print(f"sockserve: serving {kind} on {where} ({args.model}) — Ctrl-C stops", flush=True)
 

@@ -14,7 +14,7 @@ SIGHUP     reload: ``reload()`` callback (e.g. certificates), then
 SIGTTIN    one more worker process (pre-fork) or pool thread
 SIGTTOU    one fewer
 SIGUSR2    zero-downtime restart: start a new copy of this program that inherits
-           the listening socket, wait until it serves, then drain this one
+           the listening sockets, wait until it serves, then drain this one
 =========  ===============================================================
 
 The previous signal mask is restored on return.
@@ -43,8 +43,8 @@ LIVENESS_CHECK = 0.2
 # A restarted copy that has not reported ready by then is killed; this one keeps serving.
 RESTART_READY_TIMEOUT = 30.0
 
-# The environment a restarted copy finds: the inherited listening descriptor, and
-# where to report that it is serving.
+# The environment a restarted copy finds: the inherited listening descriptors
+# (comma-separated), and where to report that it is serving.
 ENV_LISTEN_FD = "SOCKSERVE_LISTEN_FD"
 ENV_READY_FD = "SOCKSERVE_READY_FD"
 
@@ -118,13 +118,13 @@ def _restart(server: Any, argv: Sequence[str] | None) -> bool:
     """
     # sys.orig_argv keeps "-m sockserve", which sys.argv has already turned into a path.
     command = list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]]
-    listen_fd = server.socket.fileno()
+    listen_fds = [sock.fileno() for sock in (server.socket, *server.extra_sockets)]
     ready_read, ready_write = os.pipe()
-    env = dict(os.environ, **{ENV_LISTEN_FD: str(listen_fd), ENV_READY_FD: str(ready_write)})
+    env = dict(os.environ, **{ENV_LISTEN_FD: ",".join(map(str, listen_fds)),
+                              ENV_READY_FD: str(ready_write)})
     logger.info("SIGUSR2: starting %s", " ".join(command))
     try:
-        child = subprocess.Popen(command, env=env, pass_fds=(listen_fd, ready_write),
-                                 start_new_session=False)
+        child = subprocess.Popen(command, env=env, pass_fds=(*listen_fds, ready_write))
     except OSError as exc:
         logger.error("restart failed: %s; still serving", exc)
         os.close(ready_read)
@@ -148,10 +148,10 @@ def _restart(server: Any, argv: Sequence[str] | None) -> bool:
     return True
 
 
-def inherited_listen_fd() -> int | None:
-    """The listening descriptor handed over by a restarting predecessor, if any."""
-    value = os.environ.pop(ENV_LISTEN_FD, None)
-    return int(value) if value is not None else None
+def inherited_listen_fds() -> list[int]:
+    """The listening descriptors handed over by a restarting predecessor (or none)."""
+    value = os.environ.pop(ENV_LISTEN_FD, "")
+    return [int(fd) for fd in value.split(",") if fd]
 
 
 def notify_ready() -> None:

@@ -173,3 +173,10 @@ def process_running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_several_bind_addresses(service: Any) -> None:
+    svc = service("tests.integration.apps:Pid", "--bind", "127.0.0.2:0")
+    second = svc.wait_line(r"serving TCP on \S+, 127\.0\.0\.2:(\d+)")
+    assert ask_pid(svc.address) == ask_pid(("127.0.0.2", int(second.group(1))))
+    assert svc.stop() == 0
