@@ -29,8 +29,8 @@ class Service:
         self.lines: list[str] = []
         self.changed = threading.Condition()
         threading.Thread(target=self._collect, daemon=True).start()
-        banner = self.wait_line(r"serving TCP on (\S+):(\d+)")
-        self.address = ("127.0.0.1", int(banner.group(2)))
+        banner = self.wait_line(r"serving TCP on .*127\.0\.0\.1:(\d+)")
+        self.address = ("127.0.0.1", int(banner.group(1)))
 
     def _collect(self) -> None:
         assert self.proc.stdout is not None
@@ -177,6 +177,7 @@ def process_running(pid: int) -> bool:
 
 def test_several_bind_addresses(service: Any) -> None:
     svc = service("tests.integration.apps:Pid", "--bind", "127.0.0.2:0")
-    second = svc.wait_line(r"serving TCP on \S+, 127\.0\.0\.2:(\d+)")
-    assert ask_pid(svc.address) == ask_pid(("127.0.0.2", int(second.group(1))))
+    banner = svc.wait_line(r"serving TCP on 127\.0\.0\.2:(\d+), 127\.0\.0\.1:(\d+)")
+    first, second = (("127.0.0.2", int(banner.group(1))), ("127.0.0.1", int(banner.group(2))))
+    assert ask_pid(first) == ask_pid(second)
     assert svc.stop() == 0
