@@ -6,6 +6,7 @@ Same hooks, attributes and defaults as the stdlib's; Unix socket files are clean
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import Any
 
@@ -139,10 +140,20 @@ class UDPServer(TCPServer):
     allow_reuse_port = False
     socket_type = socket.SOCK_DGRAM
     max_packet_size = 8192
+    # The stdlib hands the handler the first max_packet_size bytes of a longer
+    # datagram; with this set such a datagram is dropped, logged and counted instead.
+    drop_oversized_packets = False
 
     def get_request(self) -> tuple[Any, Any]:
         listener = self._sockserve_listener or self.socket  # replies leave from it too
-        data, client_addr = listener.recvfrom(self.max_packet_size)
+        if not self.drop_oversized_packets:
+            data, client_addr = listener.recvfrom(self.max_packet_size)
+            return (data, listener), client_addr
+        data, _, flags, client_addr = listener.recvmsg(self.max_packet_size)
+        if flags & socket.MSG_TRUNC:  # recvmsg(2): the datagram was longer than asked
+            self._sockserve_counters.oversized += 1
+            raise OSError(errno.EMSGSIZE, f"datagram from {client_addr} longer than "
+                          f"max_packet_size ({self.max_packet_size} bytes): dropped")
         return (data, listener), client_addr
 
     def server_activate(self) -> None:

@@ -32,6 +32,7 @@ class ProductionDefaults:
     handshake_timeout = 30.0  # AnyIO's TLS default
     drain_timeout = 30.0  # systemd's and Kubernetes' default grace period is 30 s
     max_packet_size = 65535  # a UDP datagram's maximum payload (the stdlib reads 8192)
+    drop_oversized_packets = True  # never hand a handler a silently truncated datagram
     daemon_threads = True  # never keep the process alive for a stuck handler
     graceful_timeout = 30.0  # pre-forked workers: time to drain before SIGKILL
 

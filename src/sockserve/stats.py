@@ -17,6 +17,7 @@ class Counters:
     rejected: int = 0  # refused by a limit (max_connections, per-IP, a full pool)
     tls_failed: int = 0  # TLS handshakes that failed
     tls_timed_out: int = 0  # TLS handshakes that did not finish in handshake_timeout
+    oversized: int = 0  # datagrams dropped for exceeding max_packet_size
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,7 @@ class ServerStatistics:
     tls_timed_out: int
     tls_in_progress: int  # handshakes the loop is driving now
     connections: int  # stream connections open now
+    oversized: int  # datagrams dropped for exceeding max_packet_size
     pool: PoolStatistics | None = None  # ThreadPoolMixIn
     workers: SupervisorStatistics | None = None  # PreForkMixIn, in the supervisor
 

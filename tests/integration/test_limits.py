@@ -184,3 +184,25 @@ def test_limits_do_not_change_unlimited_servers() -> None:
 
     with serve_in_thread(make(Files)) as server:
         assert echo_once(server.server_address) == b"BufferedReader"
+
+
+def test_oversized_datagrams_are_dropped_logged_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Length(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"%d" % len(self.packet))
+
+    for drop in (False, True):
+        server = make(Length, sockserve.UDPServer, max_packet_size=100,
+                      drop_oversized_packets=drop)
+        with serve_in_thread(server):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(IO_TIMEOUT)
+                client.sendto(b"x" * 500, server.server_address)
+                if drop:
+                    wait_for(lambda: server.statistics().oversized == 1, what="the drop")
+                else:
+                    assert client.recv(10) == b"100"  # the stdlib's truncation
+                client.sendto(b"x" * 50, server.server_address)
+                assert client.recv(10) == b"50"
+    assert any("longer than max_packet_size" in r.getMessage() for r in caplog.records)
