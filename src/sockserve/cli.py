@@ -41,11 +41,28 @@ def _address(text: str) -> Address:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _owner(text: str) -> tuple[int, int]:
+    """``USER[:GROUP]`` (names or numbers) as (uid, gid); -1 leaves one unchanged."""
+    import grp
+    import pwd
+    user, _, group = text.partition(":")
+    try:
+        uid = int(user) if user.isdigit() else pwd.getpwnam(user).pw_uid if user else -1
+        gid = int(group) if group.isdigit() else grp.getgrnam(group).gr_gid if group else -1
+    except KeyError as exc:
+        raise argparse.ArgumentTypeError(f"unknown user or group in {text!r}") from exc
+    return uid, gid
+
+
 def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving")
     group.add_argument("--bind", type=_address, metavar="ADDR", action="append",
                        help="HOST:PORT, [IPv6]:PORT, *:PORT, udp://HOST:PORT, unix:/path, "
                             "unix:@name, fd://N; repeat to serve several addresses")
+    group.add_argument("--unix-mode", type=lambda text: int(text, 8), metavar="OCTAL",
+                       help="permissions of Unix socket files, e.g. 660")
+    group.add_argument("--unix-owner", type=_owner, metavar="USER[:GROUP]",
+                       help="owner of Unix socket files")
     group.add_argument("--model", choices=MODELS, default="pool",
                        help="concurrency model (default: pool)")
     group.add_argument("--workers", type=int, default=2, help="processes for prefork")
@@ -123,7 +140,8 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
     try:
         if not socks:
             for address in addresses:
-                socks += bind_sockets(address)
+                socks += bind_sockets(address, unix_mode=args.unix_mode,
+                                      unix_owner=args.unix_owner)
         kinds = {(sock.family == getattr(socket, "AF_UNIX", None), sock.type) for sock in socks}
         if len(kinds) > 1:
             raise SockServeError("one server serves one kind of socket: do not mix TCP, "
@@ -154,7 +172,11 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
 def serve(args: argparse.Namespace, handler: type, default_address: Address) -> int:
     server = build_server(args, handler, args.bind or [default_address])
     where = ", ".join(map(display_client_address, server.server_addresses))
-    kind = "TCP" if server.socket.type == socket.SOCK_STREAM else "UDP"
+    stream = server.socket.type == socket.SOCK_STREAM
+    if server.socket.family == getattr(socket, "AF_UNIX", None):
+        kind = "Unix stream" if stream else "Unix datagram"
+    else:
+        kind = "TCP" if stream else "UDP"
     print(f"sockserve: serving {kind} on {where} ({args.model}) — Ctrl-C stops", flush=True)
 
     def reload_certificates() -> None:

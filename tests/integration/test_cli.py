@@ -96,3 +96,30 @@ def test_parse_host_port_rejects(text: str) -> None:
     import argparse
     with pytest.raises(argparse.ArgumentTypeError):
         parse_host_port(text)
+
+
+def test_serve_on_a_unix_socket_with_mode(tmp_path: Path) -> None:
+    import os
+    import stat
+    path = str(tmp_path / "s")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:Pid",
+         "--bind", f"unix:{path}", "--unix-mode", "600", "--unix-owner", f"{os.getuid()}"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout is not None
+    try:
+        assert "serving Unix stream on " + path in proc.stdout.readline()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+        import socket
+        with socket.socket(socket.AF_UNIX) as client:
+            client.settimeout(5)
+            client.connect(path)
+            client.sendall(b"pid\n")
+            assert int(client.makefile("rb").readline()) == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert not os.path.exists(path)
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
