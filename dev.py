@@ -101,6 +101,8 @@ def test(args: list[str]) -> int:
     if not args:  # the full run also type-checks src/ and tests/ (strict, pyproject.toml)
         print(f"dev.py: mypy on {venv.name}", flush=True)
         if subprocess.call([str(venv / "bin" / "python"), "-m", "mypy"], cwd=ROOT):
+            print("dev.py: mypy found errors (counted as 1 failed)", flush=True)
+            totals["failed"] += 1
             status = status or 1
     print(f"all: {totals['passed']} passed, {totals['failed']} failed, "
           f"{totals['skipped']} skipped", flush=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+from typing import Any
 
 import pytest
 
@@ -33,7 +34,8 @@ def echo(address: object, family: int = socket.AF_INET) -> bytes:
                                           sockserve.PreForkTCPServer])
 def test_tcp_on_two_addresses(server_class: type) -> None:
     socks = bind_sockets("127.0.0.1:0") + bind_sockets("127.0.0.2:0")
-    server = type("S", (server_class,), {"graceful_timeout": IO_TIMEOUT}).from_sockets(socks, Echo)
+    server_type: Any = type("S", (server_class,), {"graceful_timeout": IO_TIMEOUT})
+    server = server_type.from_sockets(socks, Echo)
     with serve_in_thread(server):
         assert len(server.server_addresses) == 2
         for address in server.server_addresses:
