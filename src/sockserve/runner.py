@@ -46,6 +46,8 @@ RESTART_READY_TIMEOUT = 30.0
 # The environment a restarted copy finds: the inherited listening descriptors
 # (comma-separated), and where to report that it is serving.
 ENV_LISTEN_FD = "SOCKSERVE_LISTEN_FD"
+# systemd passes activated sockets from descriptor 3 on (sd_listen_fds(3)).
+SD_LISTEN_FDS_START = 3
 ENV_READY_FD = "SOCKSERVE_READY_FD"
 
 
@@ -149,9 +151,19 @@ def _restart(server: Any, argv: Sequence[str] | None) -> bool:
 
 
 def inherited_listen_fds() -> list[int]:
-    """The listening descriptors handed over by a restarting predecessor (or none)."""
+    """Listening descriptors this process was given: by a restarting predecessor, or
+    by systemd socket activation (sd_listen_fds(3): LISTEN_FDS descriptors from 3 on,
+    meant for us only if LISTEN_PID is our pid).  Empty if none; the variables are
+    removed, as sd_listen_fds(unset_environment=1) does, so children do not see them."""
     value = os.environ.pop(ENV_LISTEN_FD, "")
-    return [int(fd) for fd in value.split(",") if fd]
+    if value:
+        return [int(fd) for fd in value.split(",") if fd]
+    listen_pid, count = os.environ.get("LISTEN_PID"), os.environ.get("LISTEN_FDS", "0")
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if listen_pid != str(os.getpid()) or not count.isdigit():
+        return []
+    return list(range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)))
 
 
 def notify_ready() -> None:

@@ -181,3 +181,30 @@ def test_several_bind_addresses(service: Any) -> None:
     first, second = (("127.0.0.2", int(banner.group(1))), ("127.0.0.1", int(banner.group(2))))
     assert ask_pid(first) == ask_pid(second)
     assert svc.stop() == 0
+
+
+def test_systemd_socket_activation() -> None:
+    import socket
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def as_systemd_does() -> None:  # in the child, before exec
+        os.dup2(listener.fileno(), 3)
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = "1"
+
+    with listener:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:Pid"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+            preexec_fn=as_systemd_does, close_fds=False)  # fds are non-inheritable anyway
+    assert proc.stdout is not None
+    try:
+        assert f"127.0.0.1:{port}" in proc.stdout.readline()
+        assert ask_pid(("127.0.0.1", port)) == proc.pid
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(IO_TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.wait(IO_TIMEOUT)
+        proc.stdout.close()
