@@ -1,0 +1,207 @@
+"""Resuming a connection's handler from the protocol callback that brings its data.
+
+The usual way, a read creates a future, the callback resolves it, the loop schedules
+the task, and the task resumes the handler one loop pass later.  For a handler waiting
+on its own connection that is most of the cost of a small request, so instead:
+
+- the handler's coroutine runs inside a real ``asyncio.Task`` whose coroutine is
+  ``drive()``, a trampoline that forwards everything the handler awaits to the task;
+- a read on the connection suspends the handler by yielding the ``WAIT`` marker, and
+  the trampoline parks the task on the connection's ``Parking`` (a future-like that the
+  task accepts like any future);
+- when data arrives, the protocol resumes the handler coroutine itself (``step()`` in
+  ``ConnectionReader``) with that task entered as the current task and in the task's
+  context, so ``asyncio.current_task()``, ``asyncio.timeout()`` and contextvars behave
+  as in any task.  If the handler then waits on the connection again, nothing else
+  happens; if it awaits anything else, or ends, the outcome is handed to the task,
+  which the trampoline then continues normally.
+
+Cancelling the task cancels the parking, which throws ``CancelledError`` into the
+handler where it waits, as for any future.  When the task cannot be entered (another
+task is running), the handler is resumed through the task instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any
+
+from ._aio_handlers import AsyncBaseRequestHandler
+
+if TYPE_CHECKING:
+    from ._aio_streams import ConnectionReader
+
+
+class _Wait:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<waiting on the connection>"
+
+
+WAIT = _Wait()
+
+# What a direct step left for the task to carry on with: (kind, payload).
+RESUME, THROW, YIELD, RETURN, RAISE = range(5)
+Outcome = tuple[int, Any]
+
+PENDING, WOKEN, CANCELLED = range(3)
+
+
+@types.coroutine
+def suspend() -> Generator[Any, Any, Any]:
+    """Suspend the handler until the connection resumes it; returns what it is sent."""
+    return (yield WAIT)
+
+
+class Parking:
+    """What the task waits on while its handler waits on the connection.
+
+    Implements the part of the future protocol that ``asyncio.Task`` uses (see
+    ``asyncio.isfuture``): it is woken or cancelled, never given a result.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_loop", "_callback", "_context", "state",
+                 "_message")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._asyncio_future_blocking = False
+        self._loop = loop
+        self._callback: Any = None
+        self._context: Any = None
+        self.state = WOKEN
+        self._message: Any = None
+
+    def arm(self) -> Parking:
+        self.state = PENDING
+        self._asyncio_future_blocking = True
+        return self
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._loop
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        if self.state != PENDING:
+            self._loop.call_soon(fn, self, context=context)
+        else:
+            self._callback, self._context = fn, context
+
+    def remove_done_callback(self, fn: Any) -> int:
+        if self._callback is fn:
+            self._callback = self._context = None
+            return 1
+        return 0
+
+    def done(self) -> bool:
+        return self.state != PENDING
+
+    def cancelled(self) -> bool:
+        return self.state == CANCELLED
+
+    def result(self) -> None:
+        if self.state == CANCELLED:
+            raise asyncio.CancelledError(*(() if self._message is None else (self._message,)))
+        if self.state == PENDING:
+            raise asyncio.InvalidStateError("the handler is still waiting")
+
+    def exception(self) -> BaseException | None:
+        self.result()
+        return None
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.state != PENDING:
+            return False
+        self.state, self._message = CANCELLED, msg
+        self._schedule()
+        return True
+
+    def wake(self) -> None:
+        """Let the task run the trampoline (the outcome is on the reader)."""
+        if self.state == PENDING:
+            self.state = WOKEN
+            self._schedule()
+
+    def _schedule(self) -> None:
+        callback, context = self._callback, self._context
+        if callback is not None:
+            self._callback = self._context = None
+            self._loop.call_soon(callback, self, context=context)
+
+
+async def drive(reader: ConnectionReader, server: Any, request: Any,
+                client_address: Any) -> None:
+    """The connection task's coroutine: the handler's ``setup()``, ``handle()`` (through
+    the trampoline, so that the protocol can resume it) and ``finish()``."""
+    writer = reader.writer
+    assert writer is not None
+    reader._task = asyncio.current_task()  # already while an eager task starts
+    try:
+        handler: AsyncBaseRequestHandler = server.RequestHandlerClass(
+            reader, writer, client_address, server)
+        handler_class = type(handler)
+        # The inherited setup() and finish() do nothing: not calling them saves two
+        # coroutines per connection.
+        if handler_class.setup is not AsyncBaseRequestHandler.setup:
+            await handler.setup()
+        try:
+            reader._coro = coro = handler.handle()
+            reader._send = coro.send
+            await _trampoline(reader)
+        finally:
+            reader._coro = reader._send = None
+            if handler_class.finish is not AsyncBaseRequestHandler.finish:
+                await handler.finish()
+    except Exception:
+        server.handle_error(request, client_address)
+    finally:
+        # As TCPServer.shutdown_request(): the client sees EOF once the data is sent.
+        writer.transport.close()
+
+
+@types.coroutine
+def _trampoline(reader: ConnectionReader) -> Generator[Any, None, None]:
+    coro = reader._coro
+    assert coro is not None
+    parking = reader._parking
+    assert parking is not None
+    kind: int = RESUME
+    payload: Any = None
+    while True:
+        if kind == RESUME or kind == THROW:
+            try:
+                yielded = coro.send(None) if kind == RESUME else coro.throw(payload)
+            except StopIteration:
+                return
+        elif kind == YIELD:
+            yielded = payload
+        elif kind == RETURN:
+            return
+        else:
+            raise payload
+        if yielded is WAIT:
+            reader._parked = True
+            try:
+                yield parking.arm()
+            except BaseException as exc:  # the task was cancelled
+                reader._parked = False
+                reader._handover = 0
+                outcome, reader._outcome = reader._outcome, None
+                if outcome is None or outcome[0] in (RESUME, THROW, YIELD):
+                    kind, payload = THROW, exc  # the handler waits somewhere: deliver it
+                else:
+                    kind, payload = outcome  # the handler has ended already
+                continue
+            reader._parked = False
+            reader._handover = 0
+            outcome, reader._outcome = reader._outcome, None
+            kind, payload = outcome if outcome is not None else (RESUME, None)
+        else:
+            # Anything else the handler awaits, the task waits on as usual.
+            try:
+                yield yielded
+            except BaseException as exc:
+                kind, payload = THROW, exc
+            else:
+                kind, payload = RESUME, None

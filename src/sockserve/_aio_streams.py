@@ -1,0 +1,427 @@
+"""The receiving side an async stream handler talks to: ``ConnectionReader``.
+
+It sits directly on the connection's asyncio protocol rather than on asyncio's
+StreamReader: the reader *is* the protocol, so a chunk that arrives while the handler
+waits in ``read_some()`` is handed straight to it (no copy through a buffer), and the
+handler is resumed from the callback that brought the data (``_aio_driver``).  A future
+is created only when a read is awaited by another task than the handler's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import types
+from asyncio.tasks import _enter_task, _leave_task
+from collections.abc import Coroutine, Generator
+from typing import TYPE_CHECKING, Any, cast
+
+from ._aio_driver import PENDING, RAISE, RESUME, RETURN, THROW, WAIT, YIELD, Outcome, suspend
+from ._aio_writer import ConnectionWriter, expire
+from .errors import SockServeError
+
+if TYPE_CHECKING:
+    from ._aio_serving import Serving
+
+if sys.version_info >= (3, 12):
+    _current_task = asyncio.current_task  # C, takes the loop
+else:  # Python 3.10-3.11: current_task() is Python code around this dict lookup
+    _current_task = getattr(asyncio.tasks, "_current_tasks").get
+
+# readline()'s default limit, as asyncio's streams (64 KiB, asyncio.streams._DEFAULT_LIMIT).
+READ_LIMIT = 64 * 1024
+# Unread bytes above which the transport stops reading from the socket, so a client
+# that sends faster than the handler reads fills its own send buffer, not our memory
+# (twice the line limit, as asyncio's StreamReader).  Reading resumes at half of it, or
+# at once when the handler waits for more data.
+READ_HIGH_WATER = 2 * READ_LIMIT
+# What one read returns at most by default, and the size of the per-loop receive buffer
+# of the BufferedProtocol path (asyncio's selector transport reads 256 KiB at a time).
+READ_CHUNK = 64 * 1024
+RECEIVE_BUFFER_SIZE = 256 * 1024
+
+
+class LineTooLongError(SockServeError, ValueError):
+    """A line (or a ``readuntil()`` record) was longer than the limit allowed."""
+
+
+class ConnectionReader(asyncio.Protocol):
+    """The receiving side of a connection: awaitable reads over a buffer the transport fills.
+
+    Also the connection's asyncio protocol; its ``data_received()`` & co. are for the
+    transport only.  One coroutine at a time may wait on a reader.
+
+    Attributes:
+        timeout: seconds a read (or a writer's ``drain()``) may wait before raising
+            ``TimeoutError``; None waits forever.  Set from the handler's ``timeout``.
+    """
+
+    __slots__ = ("_serving", "_buffer", "_waiter", "_handover", "_eof", "_exception",
+                 "_transport", "_read_paused", "_write_paused", "_drain_waiters",
+                 "_lost", "_closed", "_task", "_coro", "_send", "_context", "_parking", "_parked",
+                 "_outcome", "writer", "timeout", "__weakref__")
+
+    def __init__(self, serving: Serving) -> None:
+        self._serving = serving
+        self._buffer = bytearray()
+        self._waiter: asyncio.Future[bytes | None] | None = None
+        self._handover = 0  # >0 while read_some() waits: it takes a chunk of up to this
+        self._eof = False
+        self._exception: BaseException | None = None
+        self._transport: asyncio.Transport | None = None
+        self._read_paused = False
+        self._write_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self._lost = False
+        self._closed: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Set when the protocol resumes the handler itself (_aio_driver): the handler
+        # coroutine, the task's context, what the task waits on, whether the handler
+        # waits on this reader now, and what a direct step left for the task.
+        self._coro: Coroutine[Any, Any, None] | None = None
+        self._send: Any = None  # self._coro.send, bound once
+        self._context: Any = None  # contextvars.Context, once set
+        self._parking: Any = None  # Parking, once set
+        self._parked = False
+        self._outcome: Outcome | None = None
+        self.writer: ConnectionWriter | None = None
+        self.timeout: float | None = None
+
+    # -- reading ----------------------------------------------------------------
+
+    async def read_some(self, max_bytes: int = READ_CHUNK) -> bytes:
+        """Up to *max_bytes* bytes, as soon as at least one is there; b"" at EOF.
+
+        Raises:
+            TimeoutError: nothing arrived within ``timeout`` seconds.
+            OSError: the connection was lost with an error (after the data before it).
+        """
+        buffer = self._buffer
+        if not buffer:
+            # The direct path of _wait(), inlined: the handler's own task reads, so
+            # _step() resumes it with the next chunk.  (Another task's read, even
+            # while this one waits, takes _wait()'s future path.)
+            if self._coro is not None and self.timeout is None and not self._eof \
+                    and self._waiter is None \
+                    and _current_task(self._serving.loop) is self._task:
+                if self._read_paused:
+                    self._resume_reading()
+                self._handover = max_bytes
+                data = await suspend()  # _step() resets _handover
+            else:
+                data = await self._wait(max_bytes)
+            if data is not None:
+                return data  # type: ignore[no-any-return]
+            if not buffer:
+                if self._exception is not None:
+                    raise self._exception
+                return b""
+        if len(buffer) <= max_bytes:
+            data = bytes(buffer)
+            buffer.clear()
+        else:
+            data = bytes(buffer[:max_bytes])
+            del buffer[:max_bytes]
+        if self._read_paused:
+            self._maybe_resume()
+        return data
+
+    async def read(self, n: int = -1) -> bytes:
+        """Up to *n* bytes as soon as any are there (``read_some(n)``); everything until
+        EOF when *n* is negative; b"" at EOF."""
+        if n >= 0:
+            return await self.read_some(n) if n else b""
+        while not self._eof:
+            await self._wait(0)
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        return data
+
+    async def readexactly(self, n: int) -> bytes:
+        """Exactly *n* bytes.
+
+        Raises:
+            asyncio.IncompleteReadError: EOF came first; ``partial`` has what was read.
+        """
+        if n < 0:
+            raise ValueError("readexactly() size can not be less than zero")
+        while len(self._buffer) < n:
+            if self._eof:
+                partial = bytes(self._buffer)
+                self._buffer.clear()
+                raise asyncio.IncompleteReadError(partial, n)
+            await self._wait(0)
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        if self._read_paused:
+            self._maybe_resume()
+        return data
+
+    async def readinto(self, buffer: Any) -> int:
+        """Fill *buffer* (any writable bytes-like) with what is there, as ``recv_into()``:
+        the number of bytes written, at least one, or 0 at EOF."""
+        with memoryview(buffer) as view, view.cast("B") as target:
+            if not target.nbytes:
+                return 0
+            if not self._buffer:
+                data = await self._wait(target.nbytes)
+                if data is not None:
+                    target[:len(data)] = data
+                    return len(data)
+            n = min(len(self._buffer), target.nbytes)
+            target[:n] = self._buffer[:n]
+            del self._buffer[:n]
+        if self._read_paused:
+            self._maybe_resume()
+        return n
+
+    async def readuntil(self, separator: bytes = b"\n", limit: int = READ_LIMIT) -> bytes:
+        """Data up to and including *separator*.
+
+        Raises:
+            LineTooLongError: *limit* bytes arrived without a separator; they stay in
+                the buffer.
+            asyncio.IncompleteReadError: EOF came first; ``partial`` has the data.
+        """
+        if not separator:
+            raise ValueError("separator should be at least one-byte string")
+        buffer, start = self._buffer, 0
+        while (end := buffer.find(separator, start)) < 0:
+            if len(buffer) >= limit:
+                raise LineTooLongError(f"no {separator!r} within {limit} bytes")
+            if self._eof:
+                partial = bytes(buffer)
+                buffer.clear()
+                raise asyncio.IncompleteReadError(partial, None)
+            start = max(0, len(buffer) - len(separator) + 1)
+            await self._wait(0)
+        end += len(separator)
+        if end > limit:
+            raise LineTooLongError(f"no {separator!r} within {limit} bytes")
+        data = bytes(buffer[:end])
+        del buffer[:end]
+        if self._read_paused:
+            self._maybe_resume()
+        return data
+
+    async def readline(self, limit: int = READ_LIMIT) -> bytes:
+        """One line with its b"\\n"; at EOF what is left (b"" when nothing is).
+
+        Raises:
+            LineTooLongError: the line is longer than *limit* bytes; as in asyncio's
+                ``readline()``, the line (or, without its end, the buffer) is dropped.
+        """
+        try:
+            return await self.readuntil(b"\n", limit)
+        except asyncio.IncompleteReadError as exc:
+            return exc.partial
+        except LineTooLongError:
+            end = self._buffer.find(b"\n")
+            del self._buffer[:len(self._buffer) if end < 0 else end + 1]
+            self._maybe_resume()
+            raise
+
+    def at_eof(self) -> bool:
+        """True when the peer has closed its side and the buffer is empty."""
+        return self._eof and not self._buffer
+
+    def __aiter__(self) -> ConnectionReader:
+        return self
+
+    async def __anext__(self) -> bytes:
+        line = await self.readline()
+        if not line:
+            raise StopAsyncIteration
+        return line
+
+    @types.coroutine
+    def _wait(self, handover: int) -> Generator[Any, Any, bytes | None]:
+        """Wait for more data, EOF or the connection's end; a chunk if handed over.
+
+        *handover* > 0 lets the protocol hand a chunk of up to that many bytes straight
+        to the caller, when the buffer is empty (read_some(), readinto()).
+        """
+        if self._eof:
+            if self._exception is not None and not self._buffer:
+                raise self._exception
+            return None
+        if self._waiter is not None or self._handover:
+            raise RuntimeError("another coroutine is already waiting on this reader")
+        if self._read_paused:
+            self._resume_reading()
+        loop = self._serving.loop
+        if self._coro is not None and _current_task(loop) is self._task:
+            timer = None
+            if self.timeout is not None:
+                timer = loop.call_later(self.timeout, self._expire_parked, self.timeout)
+            self._handover = handover or -1
+            try:
+                data: bytes | None = yield WAIT  # _step() resets _handover
+                return data
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        waiter: asyncio.Future[bytes | None] = loop.create_future()
+        self._waiter, self._handover = waiter, handover
+        if self.timeout is not None:
+            timer = loop.call_later(self.timeout, expire, waiter, self.timeout)
+        else:
+            timer = None
+        try:
+            return (yield from waiter)
+        except BaseException:
+            # Cancelled just after a chunk was handed over: keep it for the next read.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                data = waiter.result()
+                if data:
+                    self._buffer[:0] = data
+            raise
+        finally:
+            self._waiter = None
+            self._handover = 0
+            if timer is not None:
+                timer.cancel()
+
+    def _expire_parked(self, timeout: float) -> None:
+        if self._parked:
+            self._step(None, TimeoutError(f"no data for {timeout} s"))
+
+    def _resume_reading(self) -> None:
+        self._read_paused = False
+        assert self._transport is not None
+        self._transport.resume_reading()
+
+    # -- resuming the handler directly (see _aio_driver) ---------------------------
+
+    def _step(self, value: bytes | None, exc: BaseException | None) -> None:
+        """Resume the parked handler now with *value* (or *exc*), as its task would."""
+        parking = self._parking
+        if parking.state != PENDING:
+            # The task was cancelled or woken meanwhile and will resume the handler
+            # itself: leave the data where the handler's read finds it.
+            if value:
+                self._buffer += value
+            return
+        loop, task = self._serving.loop, self._task
+        assert task is not None
+        self._parked = False
+        self._handover = 0
+        try:
+            _enter_task(loop, task)
+        except RuntimeError:
+            # Called from inside another task: resume through ours, one pass later.
+            if value:
+                self._buffer += value
+            self._outcome = (RESUME, None) if exc is None else (THROW, exc)
+            parking.wake()
+            return
+        outcome: Outcome
+        try:
+            if exc is None:
+                yielded = self._context.run(self._send, value)
+            else:
+                assert self._coro is not None
+                yielded = self._context.run(self._coro.throw, exc)
+        except StopIteration:
+            outcome = (RETURN, None)
+        except BaseException as error:  # the task raises it, as if raised in its step
+            outcome = (RAISE, error)
+        else:
+            if yielded is WAIT:
+                self._parked = True  # waits on us again: the task stays parked
+                return
+            outcome = (YIELD, yielded)
+        finally:
+            _leave_task(loop, task)
+        self._outcome = outcome
+        parking.wake()
+
+    def _maybe_resume(self) -> None:
+        if self._read_paused and len(self._buffer) <= READ_HIGH_WATER // 2:
+            self._resume_reading()
+
+    # -- protocol callbacks -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # Not an isinstance() check: uvloop's transports do not subclass asyncio's.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        self.writer = ConnectionWriter(transport, self)
+        self._serving.connection_made(self, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._parked:
+            handover = self._handover
+            if not self._buffer and 0 < len(data) <= handover:
+                self._step(data, None)
+                return
+            self._buffer += data
+            self._step(None, None)
+        elif (waiter := self._waiter) is not None:
+            self._waiter = None
+            handover = self._handover
+            if not self._buffer and 0 < len(data) <= handover and not waiter.done():
+                waiter.set_result(data)
+                return
+            self._buffer += data
+            if not waiter.done():
+                waiter.set_result(None)
+        else:
+            self._buffer += data
+        if len(self._buffer) > READ_HIGH_WATER and not self._read_paused \
+                and not self._parked and self._waiter is None:
+            assert self._transport is not None
+            self._read_paused = True
+            self._transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        self._feed_eof()
+        return True  # keep the transport open: the handler may still write its reply
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if exc is not None and not self._eof:
+            self._exception = exc
+        self._feed_eof()
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+        if self._closed is not None and not self._closed.done():
+            self._closed.set_result(None)
+        self._serving.connection_lost(self)
+
+    def _feed_eof(self) -> None:
+        self._eof = True
+        if self._parked:
+            self._step(None, None)
+            return
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._drain_waiters.clear()
+
+
+class BufferedConnectionReader(ConnectionReader, asyncio.BufferedProtocol):
+    """The reader on the BufferedProtocol path: the transport receives into a buffer
+    shared by the loop's connections (asyncio's plain path allocates 256 KiB per read)."""
+
+    __slots__ = ()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._serving.receive_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        # The shared buffer is reused by the next read, so its bytes are copied out now.
+        self.data_received(self._serving.receive_buffer[:nbytes].tobytes())

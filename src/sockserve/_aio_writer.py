@@ -1,0 +1,87 @@
+"""The sending side an async stream handler talks to: ``ConnectionWriter``."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._aio_streams import ConnectionReader
+
+
+def expire(waiter: asyncio.Future[Any], timeout: float) -> None:
+    """Timer callback: fail *waiter* with TimeoutError unless it is done."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError(f"timed out after {timeout} s"))
+
+
+class ConnectionWriter:
+    """The sending side of a connection: ``write()`` buffers, ``await drain()`` waits for room.
+
+    ``write()`` and ``writelines()`` are the transport's own methods: they send at once
+    what the socket takes and buffer the rest.  ``drain()`` waits while that buffer is
+    above the transport's high-water mark, so a handler that awaits it after each write
+    never holds more than about one write beyond the mark.
+    """
+
+    __slots__ = ("transport", "write", "writelines", "_reader")
+
+    write: Callable[[bytes | bytearray | memoryview], None]
+    writelines: Callable[[Iterable[bytes | bytearray | memoryview]], None]
+
+    def __init__(self, transport: asyncio.Transport, reader: ConnectionReader) -> None:
+        self.transport = transport
+        self.write = transport.write
+        self.writelines = transport.writelines
+        self._reader = reader
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark.
+
+        Raises:
+            ConnectionResetError: the connection is lost (the data cannot be delivered).
+            TimeoutError: no room within the reader's ``timeout`` seconds.
+        """
+        reader = self._reader
+        if reader._write_paused and not reader._lost:
+            loop = reader._serving.loop
+            waiter: asyncio.Future[None] = loop.create_future()
+            reader._drain_waiters.append(waiter)
+            timer = None
+            if reader.timeout is not None:
+                timer = loop.call_later(reader.timeout, expire, waiter, reader.timeout)
+            try:
+                await waiter
+            finally:
+                if timer is not None:
+                    timer.cancel()
+        if reader._lost:
+            raise ConnectionResetError("connection lost")
+
+    def close(self) -> None:
+        """Close the connection once the buffered data is sent."""
+        self.transport.close()
+
+    def is_closing(self) -> bool:
+        return self.transport.is_closing()
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection is closed (``connection_lost()`` has run)."""
+        reader = self._reader
+        if reader._lost:
+            return
+        if reader._closed is None:
+            reader._closed = reader._serving.loop.create_future()
+        await asyncio.shield(reader._closed)
+
+    def can_write_eof(self) -> bool:
+        return self.transport.can_write_eof()
+
+    def write_eof(self) -> None:
+        """Half-close: the peer reads EOF, and this side can still read."""
+        self.transport.write_eof()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        """The transport's ``get_extra_info()``: "peername", "sockname", "socket"..."""
+        return self.transport.get_extra_info(name, default)

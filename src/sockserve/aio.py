@@ -1,0 +1,291 @@
+"""Async handlers on asyncio (uvloop when installed), with the sync servers' lifecycle.
+
+    class Echo(AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            while data := await self.reader.read_some():
+                self.writer.write(data)
+                await self.writer.drain()
+
+    with AsyncTCPServer(("127.0.0.1", 8000), Echo) as server:
+        server.serve_forever()          # or, inside a running loop: await server.serve()
+
+The servers are the sync ones with ``AsyncMixIn`` in front: the constructor binds and
+listens through the usual hooks, then the event loop serves the socket.  Every
+connection is a task, never a thread.  See docs/async.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import threading
+from typing import TYPE_CHECKING, Any
+
+from . import _aio_loop
+from ._aio_handlers import (
+    AsyncBaseRequestHandler,
+    AsyncDatagramRequestHandler,
+    AsyncStreamRequestHandler,
+)
+from ._aio_loop import LoopChoice, resolve_loop_factory
+from ._aio_serving import DatagramServing, Serving
+from ._aio_streams import READ_LIMIT, BufferedConnectionReader, ConnectionReader, LineTooLongError
+from ._aio_writer import ConnectionWriter
+from ._server import TCPServer, UDPServer
+
+__all__ = [
+    "AsyncMixIn", "AsyncTCPServer", "AsyncUDPServer",
+    "AsyncBaseRequestHandler", "AsyncStreamRequestHandler", "AsyncDatagramRequestHandler",
+    "ConnectionReader", "ConnectionWriter", "LineTooLongError", "READ_LIMIT",
+    "LoopChoice", "resolve_loop_factory",
+]
+
+# Mix-ins are used with a server class; type-check them as if they had it as base.
+if TYPE_CHECKING:
+    _ServerBase = TCPServer
+else:
+    _ServerBase = object
+
+_UNSET: Any = object()
+
+
+class AsyncMixIn(_ServerBase):
+    """Serve with async handlers on an event loop: put it first, ``(AsyncMixIn, TCPServer)``.
+
+    Class attributes (or constructor keywords):
+        loop_factory: None (uvloop if importable, else asyncio), "asyncio", "uvloop",
+            or a callable returning a new event loop; used by ``serve_forever()``.
+        graceful_timeout: seconds that running handlers get to finish on their own
+            after ``shutdown()`` before they are cancelled (default 0: cancel at once).
+    """
+
+    loop_factory: LoopChoice = None
+    graceful_timeout: float = 0.0
+    # One event loop accepts for every connection: a deep backlog absorbs bursts.  The
+    # kernel caps it at net.core.somaxconn.
+    request_queue_size = socket.SOMAXCONN
+
+    def __init__(self, server_address: Any, RequestHandlerClass: Any,
+                 bind_and_activate: bool = True, *, loop_factory: LoopChoice = _UNSET,
+                 graceful_timeout: float = _UNSET) -> None:
+        if loop_factory is not _UNSET:
+            resolve_loop_factory(loop_factory)  # fail now on a bad name or missing uvloop
+            self.loop_factory = loop_factory
+        if graceful_timeout is not _UNSET:
+            self.graceful_timeout = graceful_timeout
+        self._check_handler_class(RequestHandlerClass)
+        self._aio_serving: Serving | None = None
+        self._aio_shutdown_request = False
+        # Set while no serve() runs, so shutdown() never waits for a loop that does not
+        # exist (the same rule as the sync servers).
+        self._aio_is_shut_down = threading.Event()
+        self._aio_is_shut_down.set()
+        self._aio_serving_waiters: list[asyncio.Future[None]] = []
+        super().__init__(server_address, RequestHandlerClass, bind_and_activate)
+
+    def _check_handler_class(self, handler_class: Any) -> None:
+        wanted = (AsyncDatagramRequestHandler if self.socket_type == socket.SOCK_DGRAM
+                  else AsyncStreamRequestHandler)
+        if not (isinstance(handler_class, type) and issubclass(handler_class, wanted)):
+            raise TypeError(f"{type(self).__name__} serves {wanted.__name__} subclasses, "
+                            f"not {handler_class!r}")
+
+    # -- serving ------------------------------------------------------------------
+
+    def serve_forever(self, poll_interval: float | None = 0.5) -> None:
+        """Serve on a new event loop in this thread until ``shutdown()``.
+
+        ``service_actions()`` runs every *poll_interval* seconds (never if None);
+        ``shutdown()`` stops the loop at once.
+
+        Resource handling: the event loop lives exactly as long as this call; tasks
+        that handlers started and left running are cancelled before it closes.
+
+        Raises:
+            RuntimeError: called with an event loop already running in this thread.
+        """
+        choice = self.__dict__.get("loop_factory", type(self).loop_factory)
+        _aio_loop.run(self.serve(poll_interval), resolve_loop_factory(choice))
+
+    async def serve(self, poll_interval: float | None = 0.5) -> None:
+        """Serve on the running event loop until ``shutdown()`` (or cancellation).
+
+        Resource handling: the loop serves a duplicate of the listening socket and
+        closes it on return; the server's socket stays open for another ``serve()``
+        until ``server_close()``.  On return every connection is closed: handlers
+        still running get ``graceful_timeout`` seconds, then are cancelled.
+
+        Error handling: handler errors go to ``handle_error()``; an exception from
+        ``service_actions()`` ends serving and is raised here.
+
+        Raises:
+            RuntimeError: this server is already serving.
+        """
+        loop = asyncio.get_running_loop()
+        if self._aio_serving is not None:
+            raise RuntimeError(f"{type(self).__name__} is already serving")
+        serving = Serving(self, loop)
+        self._aio_is_shut_down.clear()
+        self._aio_serving = serving
+        listener: asyncio.AbstractServer | DatagramServing | None = None
+        try:
+            # A shutdown() that came before serving started ends it before it begins.
+            if self._aio_shutdown_request:
+                return
+            listener = await self._listen(serving)
+            self._notify_serving()
+            if poll_interval is not None:
+                serving.ticker = loop.call_later(
+                    poll_interval, self._tick, serving, poll_interval)
+            await serving.stop
+        finally:
+            if serving.ticker is not None:
+                serving.ticker.cancel()
+            try:
+                await self._stop_serving(serving, listener)
+            finally:
+                self._aio_serving = None
+                self._aio_shutdown_request = False
+                self._aio_is_shut_down.set()
+                serving.finished.set_result(None)
+
+    def _tick(self, serving: Serving, poll_interval: float) -> None:
+        # service_actions() is sync, as the stdlib's: it runs on the loop thread.
+        try:
+            self.service_actions()
+        except BaseException as exc:
+            serving.request_stop(exc)
+            return
+        if not serving.stop.done():
+            serving.ticker = serving.loop.call_later(
+                poll_interval, self._tick, serving, poll_interval)
+
+    async def _listen(self, serving: Serving) -> asyncio.AbstractServer | DatagramServing:
+        loop = serving.loop
+        sock = self.socket.dup()  # the loop closes it when serving stops
+        try:
+            if self.socket_type == socket.SOCK_DGRAM:
+                protocol = DatagramServing(serving)
+                await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+                return protocol
+            reader_class = (ConnectionReader if _aio_loop.is_uvloop(loop)
+                            else BufferedConnectionReader)
+
+            def factory() -> ConnectionReader:
+                return reader_class(serving)
+
+            if self.address_family == getattr(socket, "AF_UNIX", None):
+                kwargs: dict[str, Any] = {}
+                if sys.version_info >= (3, 13) and not _aio_loop.is_uvloop(loop):
+                    # 3.13 unlinks the socket file when the asyncio server closes; the
+                    # file is server_close()'s to remove (docs/design.md).
+                    kwargs["cleanup_socket"] = False
+                return await loop.create_unix_server(
+                    factory, sock=sock, backlog=self.request_queue_size, **kwargs)
+            return await loop.create_server(
+                factory, sock=sock, backlog=self.request_queue_size)
+        except BaseException:
+            sock.close()
+            raise
+
+    async def _stop_serving(self, serving: Serving,
+                            listener: asyncio.AbstractServer | DatagramServing | None) -> None:
+        if isinstance(listener, DatagramServing):
+            await serving.close(self.graceful_timeout)
+            if listener.transport is not None:
+                listener.transport.close()
+                await listener.closed
+            return
+        if listener is not None:
+            listener.close()  # stop accepting; not wait_closed(), which waits for clients
+        await serving.close(self.graceful_timeout)
+
+    def shutdown(self) -> None:
+        """Stop ``serve_forever()`` / ``serve()`` and wait until it has stopped.
+
+        Safe from any thread, from a handler (sync call: it returns at once and serving
+        stops when the handler next waits or returns) and before serving starts (the
+        next ``serve_forever()`` then returns at once).  It only waits when serving
+        runs in another thread.
+        """
+        self._aio_shutdown_request = True
+        serving = self._aio_serving
+        if serving is None:
+            return
+        if serving.thread_id == threading.get_ident():
+            serving.request_stop()
+            return
+        try:
+            serving.loop.call_soon_threadsafe(serving.request_stop)
+        except RuntimeError:
+            pass  # the loop is closed: serving has ended already
+        self._aio_is_shut_down.wait()
+
+    async def aclose(self) -> None:
+        """``shutdown()`` then ``server_close()``, awaiting instead of blocking the loop."""
+        try:
+            serving = self._aio_serving
+            if serving is not None and serving.loop is asyncio.get_running_loop():
+                self._aio_shutdown_request = True
+                serving.request_stop()
+                await asyncio.shield(serving.finished)
+            elif serving is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
+        finally:
+            self.server_close()
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *args: object) -> None:
+        await self.aclose()
+
+    def is_serving(self) -> bool:
+        """True while ``serve()`` runs and the loop accepts requests."""
+        serving = self._aio_serving
+        return serving is not None and serving.accepting and not serving.stop.done()
+
+    async def wait_serving(self) -> None:
+        """Wait until this server serves (``serve()`` started, possibly in another thread)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._aio_serving_waiters.append(waiter)  # before the check: no wake-up is lost
+        if self.is_serving():
+            self._aio_serving_waiters.remove(waiter)
+            return
+        await waiter
+
+    def _notify_serving(self) -> None:
+        waiters, self._aio_serving_waiters = self._aio_serving_waiters, []
+        for waiter in waiters:
+            waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+
+    def handle_request(self) -> None:
+        """Not offered: an event loop serves many requests at once."""
+        raise NotImplementedError(f"{type(self).__name__} serves with serve_forever() "
+                                  "or 'await serve()'")
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class AsyncTCPServer(AsyncMixIn, TCPServer):
+    """TCP with async handlers (``AsyncStreamRequestHandler``)."""
+
+
+class AsyncUDPServer(AsyncMixIn, UDPServer):
+    """UDP with async handlers (``AsyncDatagramRequestHandler``), a task per datagram."""
+
+
+if hasattr(socket, "AF_UNIX"):
+    from ._server import UnixDatagramServer, UnixStreamServer
+
+    class AsyncUnixStreamServer(AsyncMixIn, UnixStreamServer):
+        """Unix stream sockets with async handlers."""
+
+    class AsyncUnixDatagramServer(AsyncMixIn, UnixDatagramServer):
+        """Unix datagram sockets with async handlers."""
+
+    __all__ += ["AsyncUnixStreamServer", "AsyncUnixDatagramServer"]
