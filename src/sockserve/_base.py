@@ -398,12 +398,11 @@ class BaseServer:
 
     def __admit(self, request: Any, client_address: Any) -> bool:
         """Track a new connection, or reject it if a connection limit says no."""
-        connections = self._sockserve_connections
-        if not connections.admit(request, client_address, self.max_connections_per_ip):
-            self.reject_request(request, client_address, "max_connections_per_ip reached")
-            return False
-        if self.max_connections is not None and len(connections) > self.max_connections:
-            self.reject_request(request, client_address, "max_connections reached")
+        refused_by = self._sockserve_connections.admit(
+            request, client_address, max_total=self.max_connections,
+            max_per_host=self.max_connections_per_ip)
+        if refused_by is not None:
+            self.reject_request(request, client_address, f"{refused_by} reached")
             return False
         return True
 

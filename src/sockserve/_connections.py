@@ -43,18 +43,24 @@ class ConnectionRegistry:
     def __len__(self) -> int:
         return len(self._open)
 
-    def admit(self, sock: Any, client_address: Any, max_per_host: int | None) -> bool:
-        """Record an accepted connection; False (nothing recorded) if its host is at
-        *max_per_host* already."""
+    def admit(self, sock: Any, client_address: Any, *, max_total: int | None = None,
+              max_per_host: int | None = None) -> str | None:
+        """Record an accepted connection, unless a limit says no.
+
+        Returns:
+            None if recorded, else the name of the limit that refused it.
+        """
         host = client_host(client_address)
         with self._cond:
+            if max_total is not None and len(self._open) >= max_total:
+                return "max_connections"
             if host is not None and max_per_host is not None and \
                     self._per_host[host] >= max_per_host:
-                return False
+                return "max_connections_per_ip"
             self._open[sock.fileno()] = (sock, host)
             if host is not None:
                 self._per_host[host] += 1
-            return True
+            return None
 
     def replace(self, old_fd: int, sock: Any) -> None:
         """The connection on *old_fd* is now served through *sock* (e.g. an SSLSocket)."""

@@ -16,6 +16,7 @@ import random
 import selectors
 import signal
 import socket
+import threading
 from typing import Any
 
 from ._mixins import _ConcurrencyMixIn
@@ -46,6 +47,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
     _requests_left = 0
     _poll_interval: float | None = 0.5
     _replace_requested = False
+    _drain_started = False
 
     @property
     def in_worker(self) -> bool:
@@ -101,7 +103,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
             self._supervisor = None
             # SIGTERM from the supervisor: stop accepting, finish in-flight requests.
             # The handler only sets a flag and wakes the loop (it runs on this thread).
-            signal.signal(signal.SIGTERM, lambda signum, frame: BaseServer.shutdown(self))
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's
             if self.max_requests:
                 self._requests_left = self.max_requests + random.randint(
@@ -116,10 +118,21 @@ class PreForkMixIn(_ConcurrencyMixIn):
             finally:
                 os._exit(status)
 
+    def _stop_worker(self) -> None:
+        """SIGTERM in a worker: stop accepting and, with ``drain_timeout``, cut what is
+        still open at the deadline — from a thread, because a serial worker's loop
+        thread may be the one blocked in a handler.  Idempotent."""
+        BaseServer.shutdown(self)  # on the loop's (main) thread: sets the flag, returns
+        if self.drain_timeout is not None and not self._drain_started:
+            self._drain_started = True
+            threading.Thread(target=self._sockserve_finish_connections,
+                             args=(self.drain_timeout,), name="sockserve-drain",
+                             daemon=True).start()
+
     def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
         messages = super()._sockserve_read_wakeups(waker)
         if self.in_worker and bytes([signal.SIGTERM]) in messages:
-            BaseServer.shutdown(self)  # from the loop's thread: sets the flag, returns
+            self._stop_worker()
         return messages
 
     def process_request(self, request: Any, client_address: Any) -> None:

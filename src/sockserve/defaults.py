@@ -34,7 +34,9 @@ class ProductionDefaults:
     max_packet_size = 65535  # a UDP datagram's maximum payload (the stdlib reads 8192)
     drop_oversized_packets = True  # never hand a handler a silently truncated datagram
     daemon_threads = True  # never keep the process alive for a stuck handler
-    graceful_timeout = 30.0  # pre-forked workers: time to drain before SIGKILL
+    # Pre-forked workers drain for drain_timeout themselves; the supervisor waits a
+    # little longer before SIGKILL, so a worker is only killed when it is stuck.
+    graceful_timeout = 35.0
 
 
 def production(server_class: T, **overrides: Any) -> T:

@@ -31,6 +31,8 @@ def test_emfile_backs_off_then_serves_the_waiting_client() -> None:
         server.kill()
         server.wait(10)
         server.stdout.close()
+        if not server.stdin.closed:
+            server.stdin.close()
     # A spinning loop burns a whole core (cpu ≈ wall); backing off uses almost none.
     assert report["cpu"] < 0.3 * report["wall"], report
     assert report["pauses"] >= 1, report
