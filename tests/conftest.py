@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+
 @pytest.fixture
 def unix_path() -> Iterator[str]:
     """A short path for a Unix socket (sun_path is limited to 108 bytes)."""

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from ._server import BaseServer, TCPServer, UDPServer
 
-
 # Mix-ins are used with a server class; type-check them as if they had it as base.
 if TYPE_CHECKING:
     _ServerBase = BaseServer

@@ -17,6 +17,7 @@ from .stats import ServerStatistics
 
 logger = logging.getLogger("sockserve.pool")
 
+
 class ThreadPoolMixIn(_ConcurrencyMixIn):
     """Serve requests on a bounded pool of threads.
 
