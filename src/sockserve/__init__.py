@@ -12,6 +12,7 @@ import socket as _socket
 from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequestHandler
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._server import BaseServer, TCPServer, UDPServer
+from ._evented import EventedMixIn, EventedTCPServer, MessageRequestHandler
 from ._workers import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
 from .stats import ServerStatistics
 
@@ -24,6 +25,7 @@ __all__ = [
     "DatagramRequestHandler", "ThreadingMixIn",
     # sockserve's own
     "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer", "ServerStatistics",
+    "EventedMixIn", "EventedTCPServer", "MessageRequestHandler",
 ]
 
 if hasattr(_os, "fork"):

@@ -77,6 +77,9 @@ class BaseServer:
     # loop accepts on all of them and get_request() reads _sockserve_listener.
     extra_sockets: Sequence[Any] = ()
     _sockserve_listener: Any = None
+    # The running loop's selector, for mix-ins that register their own objects: any
+    # registered data with a sockserve_ready(events) method is called when ready.
+    _sockserve_selector: selectors.BaseSelector | None = None
     # CIDR allow/deny rules checked before verify_request() (access.py).
     access_list: AccessList | None = None
     # On a dual-stack IPv6 socket, show IPv4 clients as ("a.b.c.d", port) rather than
@@ -143,11 +146,13 @@ class BaseServer:
                 selector.register(waker, selectors.EVENT_READ)
                 self.__handshakes = handshakes = HandshakeDriver(
                     selector, self.__handshake_done, self.__handshake_failed)
+                self._sockserve_selector = selector
                 try:
                     self._sockserve_serve_loop(selector, waker, poll_interval)
                     if self.__accept_backlog_on_stop:
                         self.__accept_backlog()
                 finally:
+                    self._sockserve_selector = None
                     self.__handshakes = None
                     handshakes.close()
         finally:
@@ -183,13 +188,15 @@ class BaseServer:
                     timeout = due
             ready = selector.select(timeout)
             requests_ready = []
-            for key, _ in ready:
+            for key, events in ready:
                 if key.data == "listener":
                     requests_ready.append(key.fileobj)
                 elif key.fileobj is waker:
                     self._sockserve_read_wakeups(waker)
                 elif isinstance(key.data, Handshake) and self.__handshakes is not None:
                     self.__handshakes.advance(key.data)
+                elif hasattr(key.data, "sockserve_ready"):  # a mix-in's own (_evented.py)
+                    key.data.sockserve_ready(events)
             # Checked after every wait, so that nothing is accepted once shutdown() has
             # been requested (bpo-35017).
             if self.__shutdown_request:

@@ -1,0 +1,221 @@
+"""Framed handlers served on the serving loop: no thread per connection.
+
+A ``MessageRequestHandler`` declares its framing ("line", "length" or "chunk") and
+is called once per complete message; it returns the reply.  ``EventedMixIn`` keeps
+every connection in the serving loop's selector: an idle connection is a socket, a
+small buffer and a handler object, never a thread.  Handlers run on the loop, like
+asyncio Protocol callbacks, so they must not block; put blocking work elsewhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import selectors
+import socket
+from typing import Any
+
+from ._mixins import _ConcurrencyMixIn
+from ._server import TCPServer
+from .framing import Framer, FramingName, make_framer
+
+logger = logging.getLogger("sockserve.server")
+
+RECEIVE_SIZE = 64 * 1024
+# Stop reading from a client whose replies pile up unread (it does not read): resume
+# once they are sent.  Bounded memory per connection, like a Protocol's pause_reading.
+OUTPUT_HIGH_WATER = 256 * 1024
+
+
+class MessageRequestHandler:
+    """One instance per connection; ``handle_message()`` once per message.
+
+    Attributes: ``request`` (the socket), ``client_address``, ``server`` as usual.
+    """
+
+    framing: FramingName = "line"
+    max_message_size = 64 * 1024
+
+    def __init__(self, request: Any, client_address: Any, server: Any) -> None:
+        self.request = request
+        self.client_address = client_address
+        self.server = server
+        self.closing = False
+
+    def setup(self) -> None:
+        """Called once the connection is accepted."""
+
+    def handle_message(self, message: bytes) -> bytes | None:
+        """Serve one message; the returned bytes (if any) are sent as the reply."""
+        raise NotImplementedError
+
+    def finish(self) -> None:
+        """Called once when the connection ends, whichever side ends it."""
+
+    def close(self) -> None:
+        """End the connection once the replies so far are sent."""
+        self.closing = True
+
+
+class _Connection:
+    """One client on the loop: receive, frame, call the handler, send."""
+
+    __slots__ = ("server", "sock", "handler", "framer", "output", "events")
+
+    def __init__(self, server: Any, sock: socket.socket, handler: MessageRequestHandler,
+                 framer: Framer) -> None:
+        self.server = server
+        self.sock = sock
+        self.handler = handler
+        self.framer = framer
+        self.output = bytearray()
+        self.events = selectors.EVENT_READ
+
+    def sockserve_ready(self, events: int) -> None:
+        try:
+            if events & selectors.EVENT_WRITE:
+                self._flush()
+            if events & selectors.EVENT_READ and self.events & selectors.EVENT_READ:
+                self._receive()
+        except Exception:
+            self.server.handle_error(self.sock, self.handler.client_address)
+            self.end()
+            return
+        if self.handler.closing and not self.output:
+            self.end()
+        else:
+            self._watch()
+
+    def _receive(self) -> None:
+        buffer = self.server._evented_buffer
+        try:
+            count = self.sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ConnectionError:
+            count = 0
+        if not count:
+            self.handler.closing = True  # the client is done: send what is left, end
+            return
+        framer, handler = self.framer, self.handler
+        for message in framer.feed(memoryview(buffer)[:count]):
+            if handler.closing:
+                break  # close() asked for no more
+            reply = handler.handle_message(message)
+            if reply:
+                self._send(framer.frame(reply))
+        if framer.pending and not handler.closing:
+            framer.feed(b"")  # raises now if what is left can no longer fit
+
+    def _send(self, data: bytes) -> None:
+        if not self.output:
+            try:
+                sent = self.sock.send(data)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            data = data[sent:]
+        self.output += data
+
+    def _flush(self) -> None:
+        try:
+            sent = self.sock.send(self.output)
+        except (BlockingIOError, InterruptedError):
+            return
+        del self.output[:sent]
+
+    def _watch(self) -> None:
+        """Select for writing while output waits; stop reading while it piles up."""
+        wanted = selectors.EVENT_WRITE if self.output else 0
+        if len(self.output) < OUTPUT_HIGH_WATER and not self.handler.closing:
+            wanted |= selectors.EVENT_READ
+        if wanted != self.events:
+            self.events = wanted
+            selector = self.server._sockserve_selector
+            if selector is not None:
+                selector.modify(self.sock, wanted or selectors.EVENT_READ, self)
+
+    def end(self) -> None:
+        """Unregister, let the handler finish, close through the server's hooks."""
+        selector = self.server._sockserve_selector
+        if selector is not None and self.sock.fileno() in selector.get_map():
+            selector.unregister(self.sock)
+        self.server._evented_connections.discard(self)
+        try:
+            self.handler.finish()
+        except Exception:
+            self.server.handle_error(self.sock, self.handler.client_address)
+        finally:
+            self.server.shutdown_request(self.sock)
+
+
+class EventedMixIn(_ConcurrencyMixIn):
+    """Serve ``MessageRequestHandler`` subclasses from the serving loop itself.
+
+    Thousands of mostly idle connections cost no thread.  When the loop stops (shutdown,
+    drain), each connection's pending replies are sent (best effort, without blocking)
+    and the connection is ended: with handlers that run to completion on the loop, no
+    received message is ever left half-served.  ``handle_request()`` serves one
+    connection to its end before returning.
+    """
+
+    _evented_buffer: bytearray
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        handler_class = self.RequestHandlerClass
+        if not (isinstance(handler_class, type) and
+                issubclass(handler_class, MessageRequestHandler)):
+            raise TypeError(f"{type(self).__name__} serves MessageRequestHandler "
+                            f"subclasses, not {handler_class!r}")
+        request.setblocking(False)
+        handler = handler_class(request, client_address, self)
+        framer = make_framer(handler.framing, handler.max_message_size)
+        connection = _Connection(self, request, handler, framer)
+        self._evented_connections.add(connection)
+        if "_evented_buffer" not in self.__dict__:  # one receive buffer for all
+            self._evented_buffer = bytearray(RECEIVE_SIZE)
+        handler.setup()
+        selector = self._sockserve_selector
+        if selector is not None:
+            selector.register(request, selectors.EVENT_READ, connection)
+            return
+        self._serve_blocking(connection)  # handle_request(): no loop to come back to
+
+    def _serve_blocking(self, connection: _Connection) -> None:
+        with selectors.DefaultSelector() as selector:
+            selector.register(connection.sock, selectors.EVENT_READ)
+            while connection in self._evented_connections:
+                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.output
+                                                 else 0)
+                selector.modify(connection.sock, events)
+                for _, ready in selector.select():
+                    connection.sockserve_ready(ready)
+
+    @property
+    def _evented_connections(self) -> set[_Connection]:
+        connections: set[_Connection] = self.__dict__.setdefault("_evented_connections", set())
+        return connections
+
+    def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Any,
+                              poll_interval: float | None) -> None:
+        try:
+            super()._sockserve_serve_loop(selector, waker, poll_interval)
+        finally:
+            for connection in list(self._evented_connections):
+                try:
+                    connection._flush()
+                except OSError as exc:
+                    if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+                        logger.debug("flushing %s: %s", connection.handler.client_address,
+                                     exc)
+                connection.end()
+
+
+class EventedTCPServer(EventedMixIn, TCPServer):
+    pass
+
+
+if hasattr(socket, "AF_UNIX"):
+    from ._server import UnixStreamServer
+
+    class EventedUnixStreamServer(EventedMixIn, UnixStreamServer):
+        pass

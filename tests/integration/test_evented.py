@@ -1,0 +1,122 @@
+"""EventedMixIn: framed handlers on the serving loop, no thread per connection."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+
+import pytest
+
+import sockserve
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, recv_all
+
+
+class Upper(sockserve.MessageRequestHandler):
+    def handle_message(self, message: bytes) -> bytes | None:
+        if message == b"quit\n":
+            self.close()
+            return b"bye\n"
+        if message == b"boom\n":
+            raise RuntimeError("on purpose")
+        return message.upper()
+
+
+class Length(sockserve.MessageRequestHandler):
+    framing = "length"
+
+    def handle_message(self, message: bytes) -> bytes | None:
+        return message[::-1]
+
+
+def test_lines_served_in_order_across_reads() -> None:
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"one\ntw")
+            client.sendall(b"o\nquit\nignored\n")
+            assert recv_all(client) == b"ONE\nTWO\nbye\n"
+
+
+def test_many_idle_connections_cost_no_threads() -> None:
+    class Server(sockserve.EventedTCPServer):
+        request_queue_size = 512  # 300 connections at once: no SYN retransmissions
+
+    threads_before = threading.active_count()
+    with serve_in_thread(Server(("127.0.0.1", 0), Upper)) as server:
+        clients = [connect(server.server_address) for _ in range(300)]
+        try:
+            for n, client in enumerate(clients):
+                client.sendall(b"c%d\n" % n)
+            for n, client in enumerate(clients):
+                assert client.makefile("rb").readline() == b"C%d\n" % n
+            assert threading.active_count() == threads_before + 1  # the serving thread
+            assert server.statistics().connections == 300
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_length_prefixed_messages() -> None:
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Length)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(struct.pack(">I", 3) + b"abc" + struct.pack(">I", 2) + b"xy")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == struct.pack(">I", 3) + b"cba" + struct.pack(">I", 2) + b"yx"
+
+
+def test_a_failing_handler_ends_only_its_connection(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)) as server:
+        with connect(server.server_address) as good, connect(server.server_address) as bad:
+            bad.sendall(b"boom\n")
+            assert recv_all(bad) == b""
+            good.sendall(b"still\n")
+            assert good.makefile("rb").readline() == b"STILL\n"
+    assert any(r.exc_info and isinstance(r.exc_info[1], RuntimeError) for r in caplog.records)
+
+
+def test_too_long_a_line_is_an_error_not_memory() -> None:
+    class Small(Upper):
+        max_message_size = 16
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Small)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"ok\n" + b"x" * 100)
+            assert recv_all(client) == b"OK\n"
+
+
+def test_slow_reader_is_paused_not_buffered_without_bound() -> None:
+    big = b"y" * 60_000 + b"\n"
+
+    class Big(sockserve.MessageRequestHandler):
+        def handle_message(self, message: bytes) -> bytes | None:
+            return big
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Big)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"go\n" * 200)  # 12 MB of replies requested; we read none yet
+            with client.makefile("rb") as replies:
+                for _ in range(200):
+                    assert replies.readline() == big
+
+
+def test_drain_ends_connections_between_messages() -> None:
+    server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        with connect(server.server_address) as client:
+            client.sendall(b"a\n")
+            assert client.makefile("rb").readline() == b"A\n"
+            report = server.drain(IO_TIMEOUT)
+            assert recv_all(client) == b""
+        loop.join(IO_TIMEOUT)
+    finally:
+        server.server_close()
+    assert (report.finished, report.cut) == (1, 0)
+
+
+def test_other_handlers_are_refused() -> None:
+    with sockserve.EventedTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler) as server:
+        with socket.socket() as unused, pytest.raises(TypeError, match="MessageRequestHandler"):
+            server.process_request(unused, ("127.0.0.1", 1))
