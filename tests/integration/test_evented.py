@@ -120,3 +120,17 @@ def test_other_handlers_are_refused() -> None:
     with sockserve.EventedTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler) as server:
         with socket.socket() as unused, pytest.raises(TypeError, match="MessageRequestHandler"):
             server.process_request(unused, ("127.0.0.1", 1))
+
+
+def test_evented_workers_under_prefork() -> None:
+    class Server(sockserve.PreForkMixIn, sockserve.EventedMixIn, sockserve.TCPServer):
+        workers = 2
+        graceful_timeout = IO_TIMEOUT
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Upper)) as server:
+        for word in (b"a", b"b", b"c"):
+            with connect(server.server_address) as client:
+                client.sendall(word + b"\nquit\n")
+                assert recv_all(client) == word.upper() + b"\nbye\n"
+    workers = server.statistics().workers
+    assert workers is not None and workers.crashed == 0
