@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import resource
+import socket
 import sys
 import threading
 import time
@@ -41,7 +42,12 @@ def main() -> None:
     logging.getLogger("sockserve").setLevel(logging.DEBUG)
     server = sockserve.TCPServer(("127.0.0.1", 0), Echo)
     loop = threading.Thread(target=server.serve_forever)
-    loop.start()  # its wake-up socketpair exists before the table is filled below
+    loop.start()
+    # One round trip proves the loop runs (its wake-up socketpair exists) before the
+    # descriptor table is filled below.
+    with socket.create_connection(server.server_address, timeout=5) as probe:
+        probe.sendall(b"probe\n")
+        assert probe.makefile("rb").readline() == b"probe\n"
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
     hogs = []
