@@ -44,6 +44,22 @@ TCP_SERVERS = {
     "gevent": "{python} {servers}/gevent_server.py",
     "trio": "{python} {servers}/trio_tcp.py",
     "sockserve_threading": API + "sockserve:ThreadingTCPServer",
+    # A pool thread serves one connection until it closes, so persistent clients beyond
+    # max_workers + max_queue wait in the backlog: 64 serves the 50-client scenarios and
+    # stalls at 1,000 by design; 5,000 serves them all (threads start on demand).
+    "sockserve_pool": API + "sockserve:ThreadPoolTCPServer max_workers=64",
+    "sockserve_pool_5k": API + "sockserve:ThreadPoolTCPServer max_workers=5000",
+    # Pre-fork: --all-cpus lets the workers use both CPUs (the second one is the load
+    # generator's), so that 2 workers can outrun 1; each worker has its own pool.
+    "sockserve_prefork1": API + "--all-cpus sockserve_models:PreForkThreadPoolTCPServer"
+                                " workers=1 max_workers=5000",
+    "sockserve_prefork2": API + "--all-cpus sockserve_models:PreForkThreadPoolTCPServer"
+                                " workers=2 max_workers=5000",
+    # Framed sync handlers (MessageRequestHandler, chunk framing) on the serving loop:
+    # not the unchanged StreamRequestHandler code the other socketserver rows run.
+    "sockserve_evented": "{python} {servers}/sockserve_evented.py",
+    "sockserve_async": "{python} {servers}/sockserve_async.py",
+    "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
 }
 UDP_SERVERS = {
     "c_epoll_udp": "{build}/echo_epoll udp 0",
@@ -53,6 +69,13 @@ UDP_SERVERS = {
     "uvloop_datagram": "{python} {servers}/asyncio_datagram.py --uvloop",
     "gevent_udp": "{python} {servers}/gevent_server.py --udp",
     "sockserve_threading_udp": API + "sockserve:ThreadingUDPServer",
+    "sockserve_udp": API + "sockserve:UDPServer",
+    "sockserve_pool_udp": API + "sockserve:ThreadPoolUDPServer",
+    # Serial workers: one process per CPU is the pre-fork way to serve datagrams.
+    "sockserve_prefork1_udp": API + "--all-cpus sockserve:PreForkUDPServer workers=1",
+    "sockserve_prefork2_udp": API + "--all-cpus sockserve:PreForkUDPServer workers=2",
+    "sockserve_async_udp": "{python} {servers}/sockserve_async.py --udp",
+    "sockserve_async_asyncio_udp": "{python} {servers}/sockserve_async.py --udp --loop asyncio",
 }
 REFERENCES = "c_epoll,stdlib_threading,c_epoll_udp,stdlib_threading_udp"
 # The C server in its never-sleeping mode, measured in every round of the request/response
@@ -105,6 +128,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--connect-batch", type=int, default=4,
                    help="connections waiting for their first reply at once (default 4: "
                         "below the stdlib's listen backlog of 5)")
+    p.add_argument("--loadgen-poll", choices=["busy", "sleep"], default="busy",
+                   help="busy (default): the load generator never sleeps, so it is never "
+                        "the one waiting to be woken; sleep: it blocks in epoll_wait() and "
+                        "leaves its CPU's spare time to a server that uses two CPUs")
     p.add_argument("--json", type=Path, help="also write every measurement to this file")
     p.add_argument("--no-setup", action="store_true",
                    help="use this interpreter for the servers, do not build .venv/bench")
@@ -137,7 +164,8 @@ def measure(name: str, command: str, sc: Scenario, conns: int, args: argparse.Na
         load = [f"{paths['build']}/loadgen", "--mode", sc.mode, "--port", str(server.port),
                 "--conns", str(conns), "--size", str(sc.size), "--warmup", str(args.warmup),
                 "--duration", str(args.duration), "--ramp-timeout", str(ramp),
-                "--connect-batch", str(args.connect_batch), "--hold", "60"]
+                "--connect-batch", str(args.connect_batch), "--hold", "60",
+                "--poll", args.loadgen_poll]
         hold = None
         if sc.mode == "idle":
             base = procs.memory(server.sid)
@@ -244,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
           f"servers' Python: {build.versions(python)}\n"
           f"command: python3 bench/run.py {' '.join(sys.argv[1:] if argv is None else argv)}\n"
           f"server on CPU {cpus[0]}, load generator on CPU {cpus[1]}; rounds {args.rounds}, "
-          f"ramp <= {args.ramp_timeout} s, warm-up {args.warmup} s, window {args.duration} s; "
+          f"ramp <= {args.ramp_timeout} s, warm-up {args.warmup} s, window {args.duration} s, "
+          f"load generator polls: {args.loadgen_poll}; "
           f"medians (min–max over rounds); server logs in {logs}\n"
           f"load average at start: {load_average()}")
     skipped: dict[str, str] = {}

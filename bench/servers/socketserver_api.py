@@ -8,12 +8,16 @@ TCP classes get the stream echo handler and UDP classes the datagram one, both f
 NAME=VALUE pairs (VALUE a Python literal) become class attributes of a subclass, for
 options such as ``max_children=100``.  Without them every stdlib default is kept,
 including ``request_queue_size = 5``, because that is what users of the stdlib get.
+
+``--all-cpus`` undoes the driver's pinning to one CPU before the server starts, so that
+a pre-forked server's workers (which inherit the affinity) can spread over every CPU.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib
+import os
 import socket
 
 from _peer import HOST, announce, parser, skip
@@ -25,7 +29,13 @@ def main() -> None:
     p.add_argument("server", help="MODULE:CLASS, e.g. socketserver:ThreadingTCPServer")
     p.add_argument("attrs", nargs="*", metavar="NAME=VALUE",
                    help="class attribute to set, VALUE a Python literal")
+    p.add_argument("--all-cpus", action="store_true",
+                   help="run on every CPU instead of the one the driver pinned us to")
     args = p.parse_args()
+    if args.all_cpus:
+        # One thread so far: the affinity set here is what every later thread and
+        # forked worker inherits (sched_setaffinity(2)).
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
     module_name, _, class_name = args.server.partition(":")
     try:
         module = importlib.import_module(module_name)

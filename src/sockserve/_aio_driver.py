@@ -29,6 +29,7 @@ from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from ._aio_handlers import AsyncBaseRequestHandler
+from ._aio_tls import StartedHandshake, finish_handshake
 
 if TYPE_CHECKING:
     from ._aio_streams import ConnectionReader
@@ -131,12 +132,16 @@ class Parking:
 
 
 async def drive(reader: ConnectionReader, server: Any, request: Any,
-                client_address: Any) -> None:
-    """The connection task's coroutine: the handler's ``setup()``, ``handle()`` (through
-    the trampoline, so that the protocol can resume it) and ``finish()``."""
+                client_address: Any, handshake: StartedHandshake | None = None) -> None:
+    """The connection task's coroutine: the TLS handshake if there is one, then the
+    handler's ``setup()``, ``handle()`` (through the trampoline, so that the protocol
+    can resume it) and ``finish()``."""
+    reader._task = asyncio.current_task()  # already while an eager task starts
+    if handshake is not None:
+        if not await finish_handshake(reader._serving, reader, handshake, client_address):
+            return
     writer = reader.writer
     assert writer is not None
-    reader._task = asyncio.current_task()  # already while an eager task starts
     try:
         handler: AsyncBaseRequestHandler = server.RequestHandlerClass(
             reader, writer, client_address, server)

@@ -3,29 +3,38 @@
 The listening socket stays the server's: the loop is given a duplicate of it, which it
 closes when serving stops, so ``serve_forever()`` can run again and ``server_close()``
 (with its Unix socket file clean-up) stays the only place that closes the original.
+
+Stopping (``close()``) is a drain: accepting stops, connections get a grace period to
+finish, then their handlers are cancelled and the connections closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
-import errno
 import logging
+import select
+import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any, cast
+from typing import Any
 
+from ._aio_admission import admit, allowed
 from ._aio_driver import Parking, drive
-from ._aio_handlers import AsyncBaseRequestHandler, AsyncDatagramRequestHandler
+from ._aio_handlers import AsyncBaseRequestHandler
+from ._aio_limits import ConnectionLimits
 from ._aio_streams import RECEIVE_BUFFER_SIZE, ConnectionReader
+from ._aio_tls import StartedHandshake, finish_handshake, start_handshake
 from ._server import BaseServer
+from .address import unmap_client_address
+from .stats import DrainReport
 
 logger = logging.getLogger("sockserve.aio")
 
 _NO_SETUP = AsyncBaseRequestHandler.setup
 _NO_FINISH = AsyncBaseRequestHandler.finish
-_DATAGRAM_FINISH = AsyncDatagramRequestHandler.finish
 
 # After shutdown() cancels the handlers still running, how long they get to finish
 # (their finally blocks and finish() run), and then how long closing connections get
@@ -38,10 +47,12 @@ CLOSE_TIMEOUT = 5.0
 # run the handler in its task's context.  On 3.10 handlers are resumed by their task.
 DIRECT_RESUME = sys.version_info >= (3, 11)
 
-# sendto() errors a UDP server expects (the client went away: ICMP port unreachable
-# is reported on the next socket call, udp(7)); anything else is logged.
-DATAGRAM_IGNORED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH,
-                                     errno.ENETUNREACH})
+# Stopping lets the loop run until the listening socket has nothing waiting and every
+# accepted connection has reached connection_made() (stop_accepting()); this many
+# passes at most (under a steady stream of clients, or if a transport failed to set up).
+SETTLE_PASSES = 1000
+
+NO_CONNECTIONS = DrainReport(open=0, finished=0, cut=0)
 
 
 class Serving:
@@ -53,11 +64,27 @@ class Serving:
         self.thread_id = threading.get_ident()
         self.stop: asyncio.Future[None] = loop.create_future()
         self.accepting = True
+        self.counters = server._sockserve_counters
+        # Every connection with a live transport; `admitted` of them passed the accept
+        # rules and count as open (statistics().connections, limits, drain).
         self.connections: set[ConnectionReader] = set()
+        self.admitted = 0
+        self.released = 0  # admitted connections closed since serving started
+        self.per_host: collections.Counter[str] = collections.Counter()
+        self.handshakes = 0  # TLS handshakes under way
+        self.created = 0  # protocols the listener made that connection_made() has not seen
         self.tasks: set[asyncio.Task[None]] = set()
         self._forget = self.tasks.discard  # bound once: one less object per connection
+        self.spawning = False
         self.finished: asyncio.Future[None] = loop.create_future()  # serve() returned
         self.ticker: asyncio.TimerHandle | None = None  # the next service_actions()
+        self.listener: asyncio.AbstractServer | None = None  # of a stream server
+        # Set by drain(): (timeout, backlog); None stops with the server's grace period.
+        self.drain: tuple[float | None, bool] | None = None
+        self._released_before: int | None = None  # `released` when the drain was asked
+        self.report = NO_CONNECTIONS  # what stopping did
+        self._quiet: asyncio.Future[None] | None = None  # nothing left to wait for
+        self._cut = False
         self._all_closed: asyncio.Future[None] | None = None
         self._receive_buffer: memoryview | None = None
         # None when verify_request() is BaseServer's, which accepts everything.
@@ -81,6 +108,15 @@ class Serving:
             else:
                 self.stop.set_exception(exc)
 
+    def request_drain(self, timeout: float | None, backlog: bool, released: int) -> None:
+        """End ``serve()`` as a drain with this deadline (loop thread only); a stop
+        already under way keeps its own.  *released*: ``self.released`` read when the
+        drain was asked for; the report counts connections from there."""
+        if not self.stop.done():
+            self.drain = (timeout, backlog)
+            self._released_before = released
+        self.request_stop()
+
     def spawn(self, coro: Coroutine[Any, Any, None],
               context: contextvars.Context | None = None) -> asyncio.Task[None] | None:
         """Run a handler coroutine as a task, tracked until it ends.
@@ -90,7 +126,11 @@ class Serving:
         a trip through the loop; one that completes right away needs no scheduling.
         """
         if sys.version_info >= (3, 12):
-            task = asyncio.Task(coro, loop=self.loop, context=context, eager_start=True)
+            self.spawning = True  # the task runs its first step before it is tracked
+            try:
+                task = asyncio.Task(coro, loop=self.loop, context=context, eager_start=True)
+            finally:
+                self.spawning = False
             if task.done():
                 return None
         elif sys.version_info >= (3, 11):
@@ -108,12 +148,25 @@ class Serving:
 
     def connection_made(self, reader: ConnectionReader, transport: asyncio.Transport) -> None:
         self.connections.add(reader)
+        self.created -= 1
         if not self.accepting:
             transport.abort()
             return
         server = self.server
+        self.counters.accepted += 1
         request = transport.get_extra_info("socket")
         client_address = transport.get_extra_info("peername")
+        # The accept rules, in the sync servers' order (_aio_admission).
+        if server.unmap_ipv4_clients:
+            client_address = unmap_client_address(client_address)
+        if server.access_list is not None and not allowed(server, client_address):
+            transport.close()
+            return
+        if server.max_connections is None and server.max_connections_per_ip is None:
+            reader._admitted = True
+            self.admitted += 1
+        elif not admit(self, reader, transport, client_address):
+            return
         if self.verify_request is not None:
             try:
                 accepted = self.verify_request(request, client_address)
@@ -121,31 +174,138 @@ class Serving:
                 server.handle_error(request, client_address)
                 accepted = False
             if not accepted:
+                self.counters.denied += 1
                 transport.close()
+                return
+        limits = ConnectionLimits.from_server(server, self.loop)
+        if limits is not None:
+            reader._apply_limits(limits)
+        if server.max_line_length is not None:
+            reader._line_limit = server.max_line_length
+        handshake = None
+        if server.ssl_context is not None:
+            handshake = start_handshake(self, reader, transport, server.ssl_context,
+                                        client_address)
+            if handshake is None:
                 return
         if DIRECT_RESUME:
             # The protocol resumes handle() itself while it waits on the connection
             # (_aio_driver); the task runs the rest, in the same context.
             reader._context = context = contextvars.copy_context()
             reader._parking = Parking(self.loop)
-            self.spawn(drive(reader, server, request, client_address), context)
+            self.spawn(drive(reader, server, request, client_address, handshake), context)
         else:
-            reader._task = self.spawn(_serve_stream(server, reader, request, client_address))
+            reader._task = self.spawn(
+                _serve_stream(server, reader, request, client_address, handshake))
 
     def connection_lost(self, reader: ConnectionReader) -> None:
         self.connections.discard(reader)
+        if reader._admitted:
+            if reader._host is None and self._quiet is None:
+                reader._admitted = False  # release(), without a call
+                self.admitted -= 1
+                self.released += 1
+            else:
+                self.release(reader)
         if not self.connections and self._all_closed is not None \
                 and not self._all_closed.done():
             self._all_closed.set_result(None)
 
+    def in_handler(self) -> bool:
+        """Whether the running task is one of this serve()'s handlers."""
+        return self.spawning or asyncio.current_task() in self.tasks
+
+    def release(self, reader: ConnectionReader) -> None:
+        """*reader* no longer counts as open (closed, or its TLS handshake failed)."""
+        if not reader._admitted:
+            return
+        reader._admitted = False
+        self.admitted -= 1
+        self.released += 1
+        host = reader._host
+        if host is not None:
+            reader._host = None
+            self.per_host[host] -= 1
+            if not self.per_host[host]:
+                del self.per_host[host]
+        if self._quiet is not None:
+            self._check_quiet()
+
     # -- stopping -------------------------------------------------------------------
 
-    async def close(self, grace: float) -> None:
-        """Stop accepting (the caller closed the listener), then end every handler and
-        connection: *grace* seconds to finish, then cancellation, then abort."""
+    async def stop_accepting(self, sock: Any, backlog: bool) -> None:
+        """Close the listener; with *backlog*, accept what waits in the kernel first.
+
+        asyncio sets an accepted connection up one loop pass after accepting it, and a
+        listener closed in between loses it (the socket leaks, the client hangs).  So
+        the listener closes only once the listening socket has had nothing waiting and
+        no connection has been half set up for two passes in a row; without *backlog*,
+        what arrives meanwhile is refused (reset) rather than served.
+        """
+        if self.listener is None:
+            self.accepting = False
+            return
+        self.accepting = backlog
+        quiet = 0
+        for _ in range(SETTLE_PASSES):
+            quiet = quiet + 1 if self.created <= 0 and not _readable(sock) else 0
+            if quiet >= 2:
+                break
+            await asyncio.sleep(0)  # the loop accepts, and sets connections up
         self.accepting = False
-        if grace > 0 and self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=grace)
+        if self.listener is not None:
+            self.listener.close()  # not wait_closed(), which waits for the clients
+            self.listener = None
+
+    def cut_now(self) -> None:
+        """``stop_now()``: end every connection at once (a drain stops waiting)."""
+        if self.stop.done():  # stopping: close() cancels them, without waiting first
+            self._cut = True
+            if self._quiet is not None and not self._quiet.done():
+                self._quiet.set_result(None)
+            return
+        for task in self.tasks:
+            task.cancel()
+        for reader in self.connections:
+            if reader._transport is not None:
+                reader._transport.close()
+
+    def _check_quiet(self, _: object = None) -> None:
+        quiet = self._quiet
+        if quiet is not None and not quiet.done() and not self.admitted and not self.tasks:
+            quiet.set_result(None)
+
+    async def close(self, grace: float | None) -> DrainReport:
+        """Stop accepting (``stop_accepting()``), then end every handler and connection:
+        *grace* seconds (None: no limit) to finish on their own, then cancellation, then
+        closing, then abort.
+
+        Returns:
+            How many connections were open when the drain was asked for (or serving
+            began to stop), or accepted since, how many of them finished on their own
+            and how many were cut.  For a datagram server: handlers running now.
+        """
+        self.accepting = False
+        stream = self.server.socket_type != socket.SOCK_DGRAM
+        released_before = self.released if self._released_before is None \
+            else self._released_before
+        busy = len(self.tasks)
+        self.server.draining.set()
+        if (grace is None or grace > 0) and (self.admitted or self.tasks) and not self._cut:
+            self._quiet = quiet = self.loop.create_future()
+            for task in self.tasks:
+                task.add_done_callback(self._check_quiet)
+            self._check_quiet()
+            try:
+                await asyncio.wait([quiet], timeout=grace)
+            finally:
+                self._quiet = None
+        if stream:
+            finished, cut = self.released - released_before, self.admitted
+        else:
+            cut = len(self.tasks)
+            finished = busy - cut
+        self.report = DrainReport(open=finished + cut, finished=finished, cut=cut)
         if self.tasks:
             for task in self.tasks:
                 task.cancel()
@@ -160,14 +320,22 @@ class Serving:
                     reader._transport.close()
             done, _ = await asyncio.wait([self._all_closed], timeout=CLOSE_TIMEOUT)
             if not done:
+                logger.warning("%d connection(s) not closed %.0f s after their handlers "
+                               "ended (a client that does not read?): aborting them",
+                               len(self.connections), CLOSE_TIMEOUT)
                 for reader in list(self.connections):
                     if reader._transport is not None:
                         reader._transport.abort()
                 await asyncio.wait([self._all_closed], timeout=CLOSE_TIMEOUT)
+        return self.report
 
 
 async def _serve_stream(server: Any, reader: ConnectionReader, request: Any,
-                        client_address: Any) -> None:
+                        client_address: Any, handshake: StartedHandshake | None) -> None:
+    """A connection's task on Python 3.10, where its task resumes the handler."""
+    if handshake is not None and \
+            not await finish_handshake(reader._serving, reader, handshake, client_address):
+        return
     writer = reader.writer
     assert writer is not None
     try:
@@ -188,59 +356,10 @@ async def _serve_stream(server: Any, reader: ConnectionReader, request: Any,
         writer.transport.close()
 
 
-class DatagramServing(asyncio.DatagramProtocol):
-    """The datagram endpoint's protocol: one handler task per datagram."""
-
-    def __init__(self, serving: Serving) -> None:
-        self.serving = serving
-        self.server = serving.server
-        self.transport: asyncio.DatagramTransport | None = None
-        self.closed: asyncio.Future[None] = serving.loop.create_future()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # Not an isinstance() check: asyncio's own datagram transport is no subclass of
-        # DatagramTransport before Python 3.12.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        self.socket = transport.get_extra_info("socket")
-
-    def datagram_received(self, data: bytes, addr: Any) -> None:
-        serving, transport = self.serving, self.transport
-        if not serving.accepting or transport is None:
-            return
-        if serving.verify_request is not None:
-            request = (data, self.socket)
-            try:
-                if not serving.verify_request(request, addr):
-                    return
-            except Exception:
-                self.server.handle_error(request, addr)
-                return
-        serving.spawn(_serve_datagram(self.server, data, transport, addr))
-
-    def error_received(self, exc: Exception) -> None:
-        if getattr(exc, "errno", None) not in DATAGRAM_IGNORED_ERRNOS:
-            logger.warning("datagram socket error on %s: %s", self.server.server_address, exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-
-async def _serve_datagram(server: Any, packet: bytes, transport: asyncio.DatagramTransport,
-                          client_address: Any) -> None:
-    handler: AsyncDatagramRequestHandler | None = None
-    try:
-        handler = server.RequestHandlerClass(packet, transport, client_address, server)
-        handler_class = type(handler)
-        # The inherited setup() and finish() (with nothing in wfile) do nothing: not
-        # calling them saves two coroutines per datagram.
-        if handler_class.setup is not _NO_SETUP:
-            await handler.setup()
-        try:
-            await handler.handle()
-        finally:
-            if handler_class.finish is not _DATAGRAM_FINISH or handler._wfile is not None:
-                await handler.finish()
-    except Exception:
-        request = handler.request if handler is not None else (packet, None)
-        server.handle_error(request, client_address)
+def _readable(sock: Any) -> bool:
+    """Whether a connection waits in *sock*'s backlog (poll(): no FD_SETSIZE limit)."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])

@@ -17,8 +17,9 @@ from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any, cast
 
 from ._aio_driver import PENDING, RAISE, RESUME, RETURN, THROW, WAIT, YIELD, Outcome, suspend
+from ._aio_limits import LIFETIME_EXCEEDED, WRITE_TIMEOUT, ConnectionLimits
 from ._aio_writer import ConnectionWriter, expire
-from .errors import SockServeError
+from ._streams import LineTooLong
 
 if TYPE_CHECKING:
     from ._aio_serving import Serving
@@ -41,8 +42,12 @@ READ_CHUNK = 64 * 1024
 RECEIVE_BUFFER_SIZE = 256 * 1024
 
 
-class LineTooLongError(SockServeError, ValueError):
-    """A line (or a ``readuntil()`` record) was longer than the limit allowed."""
+class LineTooLongError(LineTooLong):
+    """A line (or a ``readuntil()`` record) was longer than the limit allowed.
+
+    A ``LineTooLong`` (the sync servers' error), so a ``SockServeError`` and a
+    ``ValueError``.
+    """
 
 
 class ConnectionReader(asyncio.Protocol):
@@ -54,12 +59,14 @@ class ConnectionReader(asyncio.Protocol):
     Attributes:
         timeout: seconds a read (or a writer's ``drain()``) may wait before raising
             ``TimeoutError``; None waits forever.  Set from the handler's ``timeout``.
+            The server's timeouts (``_aio_limits``) apply too; the shorter one wins.
     """
 
     __slots__ = ("_serving", "_buffer", "_waiter", "_handover", "_eof", "_exception",
                  "_transport", "_read_paused", "_write_paused", "_drain_waiters",
                  "_lost", "_closed", "_task", "_coro", "_send", "_context", "_parking", "_parked",
-                 "_outcome", "writer", "timeout", "__weakref__")
+                 "_outcome", "writer", "_timeout", "_timed", "_limits", "_call_deadline",
+                 "_line_limit", "_admitted", "_host", "_tls", "_life_timer", "__weakref__")
 
     def __init__(self, serving: Serving) -> None:
         self._serving = serving
@@ -85,7 +92,89 @@ class ConnectionReader(asyncio.Protocol):
         self._parked = False
         self._outcome: Outcome | None = None
         self.writer: ConnectionWriter | None = None
-        self.timeout: float | None = None
+        self._timeout: float | None = None
+        # Whether any wait is bounded (the handler's timeout or the server's limits):
+        # one test keeps the untimed read path as fast as it was.
+        self._timed = False
+        self._limits: ConnectionLimits | None = None
+        self._call_deadline: float | None = None  # read_timeout of the current read call
+        self._line_limit = READ_LIMIT  # readline()'s default limit: max_line_length
+        self._admitted = False  # counted as open (max_connections, statistics, drain)
+        self._host: str | None = None  # counted against max_connections_per_ip
+        self._tls = False
+        self._life_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def timeout(self) -> float | None:
+        return self._timeout
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._timeout = value
+        self._timed = value is not None or self._limits is not None
+
+    def _apply_limits(self, limits: ConnectionLimits) -> None:
+        """Enforce the server's timeouts on this connection (before its handler runs)."""
+        self._limits = limits
+        self._timed = True
+        if limits.deadline is not None:
+            self._life_timer = self._serving.loop.call_at(limits.deadline, self._lifetime_over)
+
+    def _read_limit(self, fresh: bool) -> tuple[float | None, str]:
+        """How long a read's wait may take, and the TimeoutError message after that.
+
+        *fresh*: no data has come during this read call yet (the idle timeout applies),
+        else the read timeout counted from its first byte.
+        """
+        limits = self._limits
+        if limits is None:
+            return self._timeout, f"no data for {self._timeout} s"
+        now = self._serving.loop.time()
+        if fresh:
+            return limits.bound(limits.idle_timeout, "idle timeout", self._timeout, now)
+        call_deadline = self._call_deadline
+        if call_deadline is None:
+            return limits.bound(None, "", self._timeout, now)
+        if call_deadline <= now:
+            raise TimeoutError("read timeout")
+        return limits.bound(call_deadline - now, "read timeout", self._timeout, now)
+
+    def _write_limit(self) -> tuple[float | None, str]:
+        """How long ``drain()`` may wait, and the TimeoutError message after that."""
+        limits = self._limits
+        if limits is None:
+            return self._timeout, f"timed out after {self._timeout} s"
+        return limits.bound(limits.write_timeout, WRITE_TIMEOUT, self._timeout,
+                            self._serving.loop.time())
+
+    def _lifetime_over(self) -> None:
+        """Timer at the connection's deadline: fail whatever waits on it, then close."""
+        self._life_timer = None
+        if self._parked:
+            self._step(None, TimeoutError(LIFETIME_EXCEEDED))
+        elif self._waiter is not None:
+            expire(self._waiter, LIFETIME_EXCEEDED)
+        for waiter in self._drain_waiters:
+            expire(waiter, LIFETIME_EXCEEDED)
+        transport = self._transport
+        if transport is not None:
+            # Data a client does not read must not keep the connection past its end.
+            if transport.get_write_buffer_size():
+                transport.abort()
+            else:
+                transport.close()
+
+    def _upgraded(self, transport: asyncio.Transport) -> None:
+        """The TLS handshake is done: the connection goes through *transport* now."""
+        self._transport = transport
+        self.writer = ConnectionWriter(transport, self)
+        self._tls = True
+        # Reading stayed "paused" during the handshake, so that data arriving with its
+        # end never paused the raw transport (_aio_tls).
+        self._read_paused = False
+        if len(self._buffer) > READ_HIGH_WATER:
+            self._read_paused = True
+            transport.pause_reading()
 
     # -- reading ----------------------------------------------------------------
 
@@ -101,7 +190,7 @@ class ConnectionReader(asyncio.Protocol):
             # The direct path of _wait(), inlined: the handler's own task reads, so
             # _step() resumes it with the next chunk.  (Another task's read, even
             # while this one waits, takes _wait()'s future path.)
-            if self._coro is not None and self.timeout is None and not self._eof \
+            if self._coro is not None and not self._timed and not self._eof \
                     and self._waiter is None \
                     and _current_task(self._serving.loop) is self._task:
                 if self._read_paused:
@@ -131,8 +220,10 @@ class ConnectionReader(asyncio.Protocol):
         EOF when *n* is negative; b"" at EOF."""
         if n >= 0:
             return await self.read_some(n) if n else b""
+        fresh = True
         while not self._eof:
-            await self._wait(0)
+            await self._wait(0, fresh)
+            fresh = False
         data = bytes(self._buffer)
         self._buffer.clear()
         return data
@@ -145,12 +236,14 @@ class ConnectionReader(asyncio.Protocol):
         """
         if n < 0:
             raise ValueError("readexactly() size can not be less than zero")
+        fresh = True
         while len(self._buffer) < n:
             if self._eof:
                 partial = bytes(self._buffer)
                 self._buffer.clear()
                 raise asyncio.IncompleteReadError(partial, n)
-            await self._wait(0)
+            await self._wait(0, fresh)
+            fresh = False
         data = bytes(self._buffer[:n])
         del self._buffer[:n]
         if self._read_paused:
@@ -175,8 +268,9 @@ class ConnectionReader(asyncio.Protocol):
             self._maybe_resume()
         return n
 
-    async def readuntil(self, separator: bytes = b"\n", limit: int = READ_LIMIT) -> bytes:
-        """Data up to and including *separator*.
+    async def readuntil(self, separator: bytes = b"\n", limit: int | None = None) -> bytes:
+        """Data up to and including *separator*, at most *limit* bytes (by default the
+        server's ``max_line_length``, else ``READ_LIMIT``).
 
         Raises:
             LineTooLongError: *limit* bytes arrived without a separator; they stay in
@@ -185,7 +279,9 @@ class ConnectionReader(asyncio.Protocol):
         """
         if not separator:
             raise ValueError("separator should be at least one-byte string")
-        buffer, start = self._buffer, 0
+        if limit is None:
+            limit = self._line_limit
+        buffer, start, fresh = self._buffer, 0, True
         while (end := buffer.find(separator, start)) < 0:
             if len(buffer) >= limit:
                 raise LineTooLongError(f"no {separator!r} within {limit} bytes")
@@ -194,7 +290,8 @@ class ConnectionReader(asyncio.Protocol):
                 buffer.clear()
                 raise asyncio.IncompleteReadError(partial, None)
             start = max(0, len(buffer) - len(separator) + 1)
-            await self._wait(0)
+            await self._wait(0, fresh)
+            fresh = False
         end += len(separator)
         if end > limit:
             raise LineTooLongError(f"no {separator!r} within {limit} bytes")
@@ -204,8 +301,9 @@ class ConnectionReader(asyncio.Protocol):
             self._maybe_resume()
         return data
 
-    async def readline(self, limit: int = READ_LIMIT) -> bytes:
-        """One line with its b"\\n"; at EOF what is left (b"" when nothing is).
+    async def readline(self, limit: int | None = None) -> bytes:
+        """One line with its b"\\n"; at EOF what is left (b"" when nothing is).  At most
+        *limit* bytes: by default the server's ``max_line_length``, else ``READ_LIMIT``.
 
         Raises:
             LineTooLongError: the line is longer than *limit* bytes; as in asyncio's
@@ -235,12 +333,16 @@ class ConnectionReader(asyncio.Protocol):
         return line
 
     @types.coroutine
-    def _wait(self, handover: int) -> Generator[Any, Any, bytes | None]:
+    def _wait(self, handover: int, fresh: bool = True) -> Generator[Any, Any, bytes | None]:
         """Wait for more data, EOF or the connection's end; a chunk if handed over.
 
         *handover* > 0 lets the protocol hand a chunk of up to that many bytes straight
-        to the caller, when the buffer is empty (read_some(), readinto()).
+        to the caller, when the buffer is empty (read_some(), readinto()).  *fresh*: the
+        first wait of a read call (see ``_read_limit()``).
         """
+        delay: float | None = None
+        if self._timed:
+            delay, message = self._read_limit(fresh)  # raises once the lifetime is over
         if self._eof:
             if self._exception is not None and not self._buffer:
                 raise self._exception
@@ -252,23 +354,28 @@ class ConnectionReader(asyncio.Protocol):
         loop = self._serving.loop
         if self._coro is not None and _current_task(loop) is self._task:
             timer = None
-            if self.timeout is not None:
-                timer = loop.call_later(self.timeout, self._expire_parked, self.timeout)
+            if delay is not None:
+                timer = loop.call_later(delay, self._expire_parked, message)
             self._handover = handover or -1
             try:
                 data: bytes | None = yield WAIT  # _step() resets _handover
-                return data
             finally:
                 if timer is not None:
                     timer.cancel()
+            if fresh and self._limits is not None:
+                self._start_read_call()
+            return data
         waiter: asyncio.Future[bytes | None] = loop.create_future()
         self._waiter, self._handover = waiter, handover
-        if self.timeout is not None:
-            timer = loop.call_later(self.timeout, expire, waiter, self.timeout)
+        if delay is not None:
+            timer = loop.call_later(delay, expire, waiter, message)
         else:
             timer = None
         try:
-            return (yield from waiter)
+            data = yield from waiter
+            if fresh and self._limits is not None:
+                self._start_read_call()
+            return data
         except BaseException:
             # Cancelled just after a chunk was handed over: keep it for the next read.
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
@@ -282,9 +389,16 @@ class ConnectionReader(asyncio.Protocol):
             if timer is not None:
                 timer.cancel()
 
-    def _expire_parked(self, timeout: float) -> None:
+    def _start_read_call(self) -> None:
+        """The current read call's first data came: its read timeout starts now."""
+        assert self._limits is not None
+        read_timeout = self._limits.read_timeout
+        if read_timeout is not None:
+            self._call_deadline = self._serving.loop.time() + read_timeout
+
+    def _expire_parked(self, message: str) -> None:
         if self._parked:
-            self._step(None, TimeoutError(f"no data for {timeout} s"))
+            self._step(None, TimeoutError(message))
 
     def _resume_reading(self) -> None:
         self._read_paused = False
@@ -376,10 +490,15 @@ class ConnectionReader(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self._feed_eof()
-        return True  # keep the transport open: the handler may still write its reply
+        # Keep the transport open: the handler may still write its reply.  TLS cannot
+        # half-close (and asyncio warns when asked to), so a TLS connection ends here.
+        return not self._tls
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self._life_timer is not None:
+            self._life_timer.cancel()
+            self._life_timer = None
         if exc is not None and not self._eof:
             self._exception = exc
         self._feed_eof()

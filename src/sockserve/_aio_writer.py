@@ -6,14 +6,16 @@ import asyncio
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from ._aio_limits import LIFETIME_EXCEEDED, WRITE_TIMEOUT
+
 if TYPE_CHECKING:
     from ._aio_streams import ConnectionReader
 
 
-def expire(waiter: asyncio.Future[Any], timeout: float) -> None:
-    """Timer callback: fail *waiter* with TimeoutError unless it is done."""
+def expire(waiter: asyncio.Future[Any], message: str) -> None:
+    """Timer callback: fail *waiter* with ``TimeoutError(message)`` unless it is done."""
     if not waiter.done():
-        waiter.set_exception(TimeoutError(f"timed out after {timeout} s"))
+        waiter.set_exception(TimeoutError(message))
 
 
 class ConnectionWriter:
@@ -41,18 +43,28 @@ class ConnectionWriter:
 
         Raises:
             ConnectionResetError: the connection is lost (the data cannot be delivered).
-            TimeoutError: no room within the reader's ``timeout`` seconds.
+            TimeoutError: no room within the reader's ``timeout`` seconds or the
+                server's ``write_timeout``, or the connection's lifetime is over.
         """
         reader = self._reader
         if reader._write_paused and not reader._lost:
+            delay: float | None = None
+            if reader._timed:
+                delay, message = reader._write_limit()  # raises once the lifetime is over
             loop = reader._serving.loop
             waiter: asyncio.Future[None] = loop.create_future()
             reader._drain_waiters.append(waiter)
             timer = None
-            if reader.timeout is not None:
-                timer = loop.call_later(reader.timeout, expire, waiter, reader.timeout)
+            if delay is not None:
+                timer = loop.call_later(delay, expire, waiter, message)
             try:
                 await waiter
+            except TimeoutError as exc:
+                if str(exc) in (WRITE_TIMEOUT, LIFETIME_EXCEEDED):
+                    # The server's limit: what is buffered for a client that does not
+                    # read would otherwise hold the connection open after the handler.
+                    self.transport.abort()
+                raise
             finally:
                 if timer is not None:
                     timer.cancel()

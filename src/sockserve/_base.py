@@ -133,7 +133,7 @@ class BaseServer:
 
         Resource handling: a wake-up socketpair lives exactly as long as this call.
         """
-        self.__check_settings()
+        self._sockserve_check_settings()
         self.__is_shut_down.clear()
         try:
             # A shutdown() that came before the loop started ends it before it touches
@@ -343,7 +343,7 @@ class BaseServer:
 
         Calls ``handle_timeout()`` if no request arrived in time.
         """
-        self.__check_settings()
+        self._sockserve_check_settings()
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -365,7 +365,8 @@ class BaseServer:
                 if deadline is not None and time.monotonic() >= deadline:
                     return self.handle_timeout()
 
-    def __check_settings(self) -> None:
+    def _sockserve_check_settings(self) -> None:
+        """Refuse settings that cannot work together (the async servers check too)."""
         if self.ssl_context is not None and \
                 getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
             raise TypeError(f"{type(self).__name__}: TLS (ssl_context) needs a stream "

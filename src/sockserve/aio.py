@@ -11,28 +11,34 @@
 
 The servers are the sync ones with ``AsyncMixIn`` in front: the constructor binds and
 listens through the usual hooks, then the event loop serves the socket.  Every
-connection is a task, never a thread.  See docs/async.md.
+connection is a task, never a thread.  The sync servers' options (limits, timeouts,
+access list, TLS, drain) apply with the same meaning.  See docs/async.md.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
+import logging
 import socket
 import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _aio_loop
+from ._aio_datagram import DatagramServing
 from ._aio_handlers import (
     AsyncBaseRequestHandler,
     AsyncDatagramRequestHandler,
     AsyncStreamRequestHandler,
 )
 from ._aio_loop import LoopChoice, resolve_loop_factory
-from ._aio_serving import DatagramServing, Serving
+from ._aio_serving import NO_CONNECTIONS, Serving
 from ._aio_streams import READ_LIMIT, BufferedConnectionReader, ConnectionReader, LineTooLongError
 from ._aio_writer import ConnectionWriter
 from ._server import TCPServer, UDPServer
+from .stats import DrainReport, ServerStatistics
 
 __all__ = [
     "AsyncMixIn", "AsyncTCPServer", "AsyncUDPServer",
@@ -49,6 +55,45 @@ else:
 
 _UNSET: Any = object()
 
+logger = logging.getLogger("sockserve.server")
+
+
+class DrainingFlag(threading.Event):
+    """``server.draining`` of an async server: a ``threading.Event``, set when serving
+    begins to stop (a drain, ``shutdown()``), that coroutines can await as well
+    (``wait_async()``, or the server's ``wait_draining()``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._lock = threading.Lock()
+        self._async_waiters: list[asyncio.Future[None]] = []
+
+    def set(self) -> None:
+        super().set()
+        with self._lock:
+            waiters, self._async_waiters = self._async_waiters, []
+        for waiter in waiters:
+            try:
+                waiter.get_loop().call_soon_threadsafe(_resolve, waiter)
+            except RuntimeError:
+                pass  # its loop is closed: nobody waits any more
+
+    async def wait_async(self) -> None:
+        """Wait until the flag is set, from any thread's event loop."""
+        if self.is_set():
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        with self._lock:
+            self._async_waiters.append(waiter)
+        if self.is_set():  # set() ran between the test and the append: no wake-up
+            return
+        try:
+            await waiter
+        finally:
+            with self._lock:
+                if waiter in self._async_waiters:
+                    self._async_waiters.remove(waiter)
+
 
 class AsyncMixIn(_ServerBase):
     """Serve with async handlers on an event loop: put it first, ``(AsyncMixIn, TCPServer)``.
@@ -58,6 +103,15 @@ class AsyncMixIn(_ServerBase):
             or a callable returning a new event loop; used by ``serve_forever()``.
         graceful_timeout: seconds that running handlers get to finish on their own
             after ``shutdown()`` before they are cancelled (default 0: cancel at once).
+            When ``drain_timeout`` is set, it applies instead, as it does for the sync
+            servers' ``server_close()``.
+
+    The sync servers' options apply, with the same meaning (docs/async.md): the access
+    list, ``max_connections`` (past it a connection is rejected, whatever ``overload``
+    says), ``max_connections_per_ip``, ``busy_reply``, ``ssl_context`` and
+    ``handshake_timeout``, the idle/read/write timeouts, ``connection_lifetime``,
+    ``max_line_length``, ``max_packet_size``, ``drain_timeout``; ``drain()``,
+    ``stop_now()``, ``draining`` and ``statistics()`` too.
     """
 
     loop_factory: LoopChoice = None
@@ -83,6 +137,7 @@ class AsyncMixIn(_ServerBase):
         self._aio_is_shut_down.set()
         self._aio_serving_waiters: list[asyncio.Future[None]] = []
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
+        self.draining: DrainingFlag = DrainingFlag()
 
     def _check_handler_class(self, handler_class: Any) -> None:
         wanted = (AsyncDatagramRequestHandler if self.socket_type == socket.SOCK_DGRAM
@@ -104,7 +159,9 @@ class AsyncMixIn(_ServerBase):
 
         Raises:
             RuntimeError: called with an event loop already running in this thread.
+            TypeError: a datagram server with an ``ssl_context`` (no DTLS).
         """
+        self._sockserve_check_settings()
         choice = self.__dict__.get("loop_factory", type(self).loop_factory)
         _aio_loop.run(self.serve(poll_interval), resolve_loop_factory(choice))
 
@@ -114,26 +171,30 @@ class AsyncMixIn(_ServerBase):
         Resource handling: the loop serves a duplicate of the listening socket and
         closes it on return; the server's socket stays open for another ``serve()``
         until ``server_close()``.  On return every connection is closed: handlers
-        still running get ``graceful_timeout`` seconds, then are cancelled.
+        still running get ``drain_timeout`` seconds if set, else ``graceful_timeout``
+        (a ``drain()`` sets its own deadline), then are cancelled.
 
         Error handling: handler errors go to ``handle_error()``; an exception from
         ``service_actions()`` ends serving and is raised here.
 
         Raises:
             RuntimeError: this server is already serving.
+            TypeError: a datagram server with an ``ssl_context`` (no DTLS).
         """
+        self._sockserve_check_settings()
         loop = asyncio.get_running_loop()
         if self._aio_serving is not None:
             raise RuntimeError(f"{type(self).__name__} is already serving")
         serving = Serving(self, loop)
         self._aio_is_shut_down.clear()
         self._aio_serving = serving
-        listener: asyncio.AbstractServer | DatagramServing | None = None
+        endpoint: DatagramServing | None = None
         try:
             # A shutdown() that came before serving started ends it before it begins.
             if self._aio_shutdown_request:
                 return
-            listener = await self._listen(serving)
+            self.draining.clear()  # from a previous serve()
+            endpoint = await self._listen(serving)
             self._notify_serving()
             if poll_interval is not None:
                 serving.ticker = loop.call_later(
@@ -143,7 +204,7 @@ class AsyncMixIn(_ServerBase):
             if serving.ticker is not None:
                 serving.ticker.cancel()
             try:
-                await self._stop_serving(serving, listener)
+                await self._stop_serving(serving, endpoint)
             finally:
                 self._aio_serving = None
                 self._aio_shutdown_request = False
@@ -161,7 +222,9 @@ class AsyncMixIn(_ServerBase):
             serving.ticker = serving.loop.call_later(
                 poll_interval, self._tick, serving, poll_interval)
 
-    async def _listen(self, serving: Serving) -> asyncio.AbstractServer | DatagramServing:
+    async def _listen(self, serving: Serving) -> DatagramServing | None:
+        """Start serving: the datagram endpoint (returned), or the stream listener
+        (``serving.listener``)."""
         loop = serving.loop
         sock = self.socket.dup()  # the loop closes it when serving stops
         try:
@@ -173,6 +236,7 @@ class AsyncMixIn(_ServerBase):
                             else BufferedConnectionReader)
 
             def factory() -> ConnectionReader:
+                serving.created += 1  # until its connection_made(): stop_accepting()
                 return reader_class(serving)
 
             if self.address_family == getattr(socket, "AF_UNIX", None):
@@ -181,25 +245,32 @@ class AsyncMixIn(_ServerBase):
                     # 3.13 unlinks the socket file when the asyncio server closes; the
                     # file is server_close()'s to remove (docs/design.md).
                     kwargs["cleanup_socket"] = False
-                return await loop.create_unix_server(
+                serving.listener = await loop.create_unix_server(
                     factory, sock=sock, backlog=self.request_queue_size, **kwargs)
-            return await loop.create_server(
-                factory, sock=sock, backlog=self.request_queue_size)
+            else:
+                serving.listener = await loop.create_server(
+                    factory, sock=sock, backlog=self.request_queue_size)
+            return None
         except BaseException:
             sock.close()
             raise
 
-    async def _stop_serving(self, serving: Serving,
-                            listener: asyncio.AbstractServer | DatagramServing | None) -> None:
-        if isinstance(listener, DatagramServing):
-            await serving.close(self.graceful_timeout)
-            if listener.transport is not None:
-                listener.transport.close()
-                await listener.closed
-            return
-        if listener is not None:
-            listener.close()  # stop accepting; not wait_closed(), which waits for clients
-        await serving.close(self.graceful_timeout)
+    async def _stop_serving(self, serving: Serving, endpoint: DatagramServing | None) -> None:
+        drain = serving.drain
+        if endpoint is None:
+            await serving.stop_accepting(self.socket, drain is not None and drain[1])
+        grace = drain[0] if drain is not None else self._aio_grace()
+        report = await serving.close(grace)
+        if endpoint is not None and endpoint.transport is not None:
+            endpoint.transport.close()
+            await endpoint.closed
+        if report.open and (drain is not None or grace):
+            logger.info("drained %s: %d connections finished, %d cut",
+                        self.server_address, report.finished, report.cut)
+
+    def _aio_grace(self) -> float:
+        """How long handlers get to finish when serving stops without a drain()."""
+        return self.graceful_timeout if self.drain_timeout is None else self.drain_timeout
 
     def shutdown(self) -> None:
         """Stop ``serve_forever()`` / ``serve()`` and wait until it has stopped.
@@ -234,6 +305,118 @@ class AsyncMixIn(_ServerBase):
                 await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
         finally:
             self.server_close()
+
+    # -- drain -----------------------------------------------------------------------
+
+    def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
+        """Stop serving gracefully: stop accepting, let open connections finish for up
+        to *timeout* seconds (None: until they close), then cancel what is left.
+
+        In order: ``draining`` is set (handlers may poll it or ``await
+        server.wait_draining()``), the listener is closed (with *backlog*, what waits
+        in the kernel's backlog is accepted and served first), connections get
+        *timeout* seconds, then their handlers are cancelled (``CancelledError`` where
+        they wait; ``finish()`` runs) and the connections closed; ``serve()`` returns.
+        Call it from another thread than the loop's; inside the loop, ``await
+        drain_async()``.
+
+        Returns:
+            How many connections were open, finished, and were cut (of a datagram
+            server: handlers running).
+
+        Raises:
+            RuntimeError: called on the event loop's thread (it would block the loop).
+        """
+        serving = self._aio_serving
+        if serving is not None and serving.thread_id == threading.get_ident():
+            raise RuntimeError("drain() blocks, so it cannot run on the event loop's "
+                               "thread; use 'await server.drain_async()'")
+        released = self._aio_start_drain(serving, timeout)
+        if serving is not None:
+            try:
+                serving.loop.call_soon_threadsafe(serving.request_drain, timeout, backlog,
+                                                  released)
+            except RuntimeError:
+                pass  # the loop is closed: serving has ended already
+        self.draining.set()  # after the request: once set, the loop is told
+        if serving is None:
+            return NO_CONNECTIONS
+        self._aio_is_shut_down.wait()
+        return serving.report
+
+    async def drain_async(self, timeout: float | None, *, backlog: bool = False
+                          ) -> DrainReport:
+        """``drain()`` awaited on an event loop instead of blocking a thread.
+
+        Raises:
+            RuntimeError: called from a handler, whose connection the drain would wait
+                for (start it in a task of its own, or call ``shutdown()``).
+        """
+        loop = asyncio.get_running_loop()
+        serving = self._aio_serving
+        if serving is not None and serving.loop is not loop:
+            return await loop.run_in_executor(
+                None, functools.partial(self.drain, timeout, backlog=backlog))
+        if serving is not None and serving.in_handler():
+            raise RuntimeError("a handler cannot await drain_async(), which waits for the "
+                               "handler's own connection; run it in a task of its own")
+        released = self._aio_start_drain(serving, timeout)
+        self.draining.set()
+        if serving is None:
+            return NO_CONNECTIONS
+        serving.request_drain(timeout, backlog, released)
+        await asyncio.shield(serving.finished)
+        return serving.report
+
+    def _aio_start_drain(self, serving: Serving | None, timeout: float | None) -> int:
+        """Log; returns the count the report starts from (connections closed so far)."""
+        released = serving.released if serving is not None else 0
+        logger.info("draining %s: %d connections open, deadline %s s", self.server_address,
+                    serving.admitted if serving is not None else 0, timeout)
+        self._aio_shutdown_request = True  # a serve() about to start returns at once
+        return released
+
+    async def wait_draining(self) -> None:
+        """Wait until serving begins to stop (``draining`` is set); for handlers that
+        can finish early, e.g. in ``asyncio.wait()`` next to a read."""
+        await self.draining.wait_async()
+
+    def stop_now(self) -> None:
+        """Cancel every handler and close every connection now; a drain in progress
+        stops waiting (the runner's second stop signal).  Safe from any thread."""
+        serving = self._aio_serving
+        if serving is None:
+            return
+        if serving.thread_id == threading.get_ident():
+            serving.cut_now()
+            return
+        try:
+            serving.loop.call_soon_threadsafe(serving.cut_now)
+        except RuntimeError:
+            pass  # the loop is closed: nothing is left to cut
+
+    def _sockserve_finish_connections(self, timeout: float | None,
+                                      counts_before: tuple[int, int] | None = None
+                                      ) -> DrainReport:
+        # server_close() with drain_timeout: drain a serve() running in another thread;
+        # on the loop's own thread it cannot wait, and serving stops when it may.
+        serving = self._aio_serving
+        if serving is None:
+            return NO_CONNECTIONS
+        if serving.thread_id == threading.get_ident():
+            self.shutdown()
+            return NO_CONNECTIONS
+        return self.drain(timeout)
+
+    def statistics(self) -> ServerStatistics:
+        """A snapshot of the counters; ``connections`` and ``tls_in_progress`` are those
+        of the running ``serve()`` (0 when not serving)."""
+        stats = super().statistics()
+        serving = self._aio_serving
+        if serving is None:
+            return stats
+        return dataclasses.replace(stats, connections=serving.admitted,
+                                   tls_in_progress=serving.handshakes)
 
     async def __aenter__(self) -> Any:
         return self
