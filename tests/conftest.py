@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import ssl
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
+
+from sockserve import tls
 
 
 @pytest.fixture
@@ -15,3 +19,17 @@ def unix_path() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="ss-") as tmp:
         yield str(Path(tmp) / "sock")
 
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    """A certificate authority minted for this test module (trustme)."""
+    return trustme.CA()
+
+
+@pytest.fixture(scope="module")
+def server_ctx(ca: trustme.CA) -> Iterator[ssl.SSLContext]:
+    """A server context for localhost/127.0.0.1 signed by ``ca``, offering h2 and http/1.1."""
+    cert = ca.issue_cert("localhost", "127.0.0.1")
+    with cert.private_key_and_cert_chain_pem.tempfile() as pem:
+        yield tls.server_context(pem, alpn_protocols=["h2", "http/1.1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 from typing import Any
 
 # Every blocking client step in the suite uses this; pytest-timeout backs it up.
@@ -41,3 +42,12 @@ def wait_for(predicate: Any, timeout: float = IO_TIMEOUT, what: str = "condition
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.01)
+
+
+def client_ctx(ca: Any, *, alpn: list[str] | None = None) -> ssl.SSLContext:
+    """A TLS client context trusting the test CA (a trustme.CA), offering *alpn*."""
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx

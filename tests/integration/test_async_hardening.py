@@ -26,7 +26,7 @@ from sockserve.access import AccessList
 from sockserve.address import bind_sockets
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 from tests.integration.test_async import LOOPS, LoopName, run
 
 LOCALHOST = ("127.0.0.1", 0)
@@ -248,26 +248,6 @@ def test_max_connections_rejects_with_either_overload_policy(loop_name: LoopName
 
 
 # -- TLS ------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_ctx(ca: trustme.CA) -> Iterator[ssl.SSLContext]:
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    with cert.private_key_and_cert_chain_pem.tempfile() as pem:
-        yield tls.server_context(pem, alpn_protocols=["h2", "http/1.1"])
-
-
-def client_ctx(ca: trustme.CA, *, alpn: list[str] | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
-
 
 class TLSInfo(aio.AsyncStreamRequestHandler):
     """Echoes a line, then reports what the handler sees of the TLS session."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,27 +13,7 @@ import trustme
 import sockserve
 from sockserve import tls
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
-
-
-@pytest.fixture(scope="module")
-def ca() -> trustme.CA:
-    return trustme.CA()
-
-
-@pytest.fixture(scope="module")
-def server_ctx(ca: trustme.CA) -> Iterator[ssl.SSLContext]:
-    cert = ca.issue_cert("localhost", "127.0.0.1")
-    with cert.private_key_and_cert_chain_pem.tempfile() as pem:
-        yield tls.server_context(pem, alpn_protocols=["h2", "http/1.1"])
-
-
-def client_ctx(ca: trustme.CA, *, alpn: list[str] | None = None) -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ca.configure_trust(ctx)
-    if alpn:
-        ctx.set_alpn_protocols(alpn)
-    return ctx
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 
 
 class Info(sockserve.StreamRequestHandler):
