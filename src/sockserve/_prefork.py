@@ -83,6 +83,7 @@ class PreForkMixIn(_ConcurrencyMixIn):
                 if self._replace_requested:
                     self._replace_requested = False
                     supervisor.replace_all()
+                supervisor.roll()
                 supervisor.shrink()
                 supervisor.fill()
                 timeout = supervisor.register(selector)
@@ -151,7 +152,8 @@ class PreForkMixIn(_ConcurrencyMixIn):
         super().shutdown()
 
     def reload(self) -> None:
-        """Replace every worker: new ones start at once, old ones finish and exit."""
+        """Replace every worker, one at a time: each old one finishes its requests
+        while its replacement already accepts."""
         self._replace_requested = True
         self._sockserve_wake()
 

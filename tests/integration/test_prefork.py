@@ -173,3 +173,15 @@ def test_workers_with_a_thread_pool_each() -> None:
             assert a[0] == b[0] and a[1] != b[1]  # same worker, two threads
             first.sendall(b"done\n")
             second.sendall(b"done\n")
+
+
+def test_reload_replaces_every_worker_one_at_a_time() -> None:
+    with serve_in_thread(prefork(workers=3)) as server:
+        wait_for(lambda: len(server.worker_pids()) == 3, what="three workers")
+        old = set(server.worker_pids())
+        server.reload()
+        wait_for(lambda: not old & set(server.worker_pids())
+                 and len(server.worker_pids()) == 3, what="all replaced")
+        assert int(ask(server.server_address)) not in old
+    stats = workers(server)
+    assert stats.spawned == 6  # three replacements and stats.crashed == 0

@@ -69,6 +69,7 @@ class Supervisor:
         self._spawned = self._exited = self._crashed = 0
         self._respawn_delay = 0.0
         self._respawn_at = 0.0
+        self._to_replace: set[int] = set()  # pids to replace one by one (reload)
 
     # -- running ---------------------------------------------------------------------
 
@@ -171,12 +172,19 @@ class Supervisor:
             self._signal(worker.pid, signal.SIGTERM)
 
     def replace_all(self) -> None:
-        """Ask every worker to stop gracefully; ``fill()`` starts their replacements
-        at once, so new workers accept while the old ones finish."""
-        for worker in self._workers.values():
-            if not worker.stopping:
-                worker.stopping = True
-                self._signal(worker.pid, signal.SIGTERM)
+        """Replace every worker now running, one at a time (see ``roll()``)."""
+        self._to_replace.update(self._workers)
+
+    def roll(self) -> None:
+        """Advance a rolling replacement: when no worker is on its way out, ask the next
+        old one to stop gracefully; ``fill()`` then starts its replacement at once, so
+        the number of workers serving never drops by more than one."""
+        self._to_replace.intersection_update(self._workers)  # forget exited ones
+        if not self._to_replace or any(w.stopping for w in self._workers.values()):
+            return
+        worker = self._workers[self._to_replace.pop()]
+        worker.stopping = True
+        self._signal(worker.pid, signal.SIGTERM)
 
     def kill_all(self) -> None:
         """SIGKILL every worker (a second stop request: no more waiting)."""
