@@ -1,7 +1,10 @@
 """The datagram side of ``serve()``: one handler task per datagram.
 
 Each datagram goes through the sync servers' rules first (``_aio_admission``): its
-size against ``max_packet_size``, the access list, ``verify_request()``.
+size against ``max_packet_size``, ``unmap_ipv4_clients``, the access list,
+``verify_request()``.  The per-datagram path tests two attributes of the protocol, not
+four of the server: the protocol keeps a copy of these options, taken when serving
+starts and again whenever one of them is assigned on the server (``AsyncMixIn``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ _DATAGRAM_FINISH = AsyncDatagramRequestHandler.finish
 DATAGRAM_IGNORED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH,
                                      errno.ENETUNREACH})
 
+# The server options DatagramServing copies (read_options()).
+DATAGRAM_OPTIONS = frozenset({"max_packet_size", "unmap_ipv4_clients", "access_list"})
+
 
 class DatagramServing(asyncio.DatagramProtocol):
     """The datagram endpoint's protocol: one handler task per datagram."""
@@ -38,6 +44,14 @@ class DatagramServing(asyncio.DatagramProtocol):
         self.counters = serving.server._sockserve_counters
         self.transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = serving.loop.create_future()
+        self.read_options()
+
+    def read_options(self) -> None:
+        """Copy the options every datagram is checked against (any thread may call)."""
+        server = self.server
+        self.max_size: int = server.max_packet_size
+        self.screened = bool(server.unmap_ipv4_clients or server.access_list is not None
+                             or self.serving.verify_request is not None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance() check: asyncio's own datagram transport is no subclass of
@@ -46,9 +60,18 @@ class DatagramServing(asyncio.DatagramProtocol):
         self.socket = transport.get_extra_info("socket")
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
-        serving, transport, server = self.serving, self.transport, self.server
+        serving, transport = self.serving, self.transport
         if not serving.accepting or transport is None:
             return
+        if len(data) > self.max_size or self.screened:
+            self._screen(data, addr, transport)
+            return
+        self.counters.accepted += 1
+        serving.spawn(_serve_datagram(self.server, data, transport, addr))
+
+    def _screen(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
+        """datagram_received() with a rule to apply."""
+        serving, server = self.serving, self.server
         if len(data) > server.max_packet_size:
             packet = oversized(server, data, addr)
             if packet is None:
@@ -84,12 +107,12 @@ class DatagramServing(asyncio.DatagramProtocol):
 
 
 async def _serve_datagram(server: Any, packet: bytes, transport: asyncio.DatagramTransport,
-                          client_address: Any, reply_to: Any) -> None:
+                          client_address: Any, reply_to: Any = None) -> None:
     handler: AsyncDatagramRequestHandler | None = None
     try:
         handler = server.RequestHandlerClass(packet, transport, client_address, server)
         if reply_to is not None:
-            handler._reply_address = reply_to
+            handler._reply_to = reply_to
         handler_class = type(handler)
         # The inherited setup() and finish() (with nothing in wfile) do nothing: not
         # calling them saves two coroutines per datagram.

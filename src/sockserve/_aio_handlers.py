@@ -64,16 +64,15 @@ class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
     ``request`` is ``(packet, socket)``, as the stdlib's.
     """
 
-    # Where send() replies when it is not client_address (an IPv4 client of a
-    # dual-stack socket shown unmapped, unmap_ipv4_clients).
-    _reply_address: Any = None
-
     def __init__(self, packet: bytes, transport: asyncio.DatagramTransport,
                  client_address: Any, server: Any) -> None:
         # Not super().__init__(): request is made only when asked for (see below).
         self.packet = packet
         self.transport = transport
         self.client_address = client_address
+        # Where send() replies: client_address, unless that shows an IPv4 client of a
+        # dual-stack socket unmapped (unmap_ipv4_clients).
+        self._reply_to = client_address
         self.server = server
         self._rfile: io.BytesIO | None = None
         self._wfile: io.BytesIO | None = None
@@ -99,7 +98,7 @@ class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
 
     def send(self, data: bytes | bytearray | memoryview) -> None:
         """Send *data* to the client as one datagram, now."""
-        self.transport.sendto(data, self._reply_address or self.client_address)
+        self.transport.sendto(data, self._reply_to)
 
     async def finish(self) -> None:
         if self._wfile is not None and (reply := self._wfile.getvalue()):

@@ -19,7 +19,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._aio_admission import admit, allowed
 from ._aio_driver import Parking, drive
@@ -30,6 +30,9 @@ from ._aio_tls import StartedHandshake, finish_handshake, start_handshake
 from ._server import BaseServer
 from .address import unmap_client_address
 from .stats import DrainReport
+
+if TYPE_CHECKING:
+    from ._aio_datagram import DatagramServing
 
 logger = logging.getLogger("sockserve.aio")
 
@@ -79,6 +82,7 @@ class Serving:
         self.finished: asyncio.Future[None] = loop.create_future()  # serve() returned
         self.ticker: asyncio.TimerHandle | None = None  # the next service_actions()
         self.listener: asyncio.AbstractServer | None = None  # of a stream server
+        self.endpoint: DatagramServing | None = None  # of a datagram server
         # Set by drain(): (timeout, backlog); None stops with the server's grace period.
         self.drain: tuple[float | None, bool] | None = None
         self._released_before: int | None = None  # `released` when the drain was asked

@@ -27,7 +27,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from . import _aio_loop
-from ._aio_datagram import DatagramServing
+from ._aio_datagram import DATAGRAM_OPTIONS, DatagramServing
 from ._aio_handlers import (
     AsyncBaseRequestHandler,
     AsyncDatagramRequestHandler,
@@ -139,6 +139,14 @@ class AsyncMixIn(_ServerBase):
         super().__init__(server_address, RequestHandlerClass, bind_and_activate)
         self.draining: DrainingFlag = DrainingFlag()
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in DATAGRAM_OPTIONS:
+            # A running datagram server keeps a copy of these (_aio_datagram).
+            serving = self.__dict__.get("_aio_serving")
+            if serving is not None and serving.endpoint is not None:
+                serving.endpoint.read_options()
+
     def _check_handler_class(self, handler_class: Any) -> None:
         wanted = (AsyncDatagramRequestHandler if self.socket_type == socket.SOCK_DGRAM
                   else AsyncStreamRequestHandler)
@@ -229,7 +237,7 @@ class AsyncMixIn(_ServerBase):
         sock = self.socket.dup()  # the loop closes it when serving stops
         try:
             if self.socket_type == socket.SOCK_DGRAM:
-                protocol = DatagramServing(serving)
+                serving.endpoint = protocol = DatagramServing(serving)
                 await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
                 return protocol
             reader_class = (ConnectionReader if _aio_loop.is_uvloop(loop)

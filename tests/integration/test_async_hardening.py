@@ -161,8 +161,12 @@ def test_denied_datagrams_are_dropped(loop_name: LoopName) -> None:
         denied.setblocking(False)
         with pytest.raises(BlockingIOError):
             denied.recv(100)
+        server.access_list = None  # a change applies to the next datagram
+        denied.settimeout(IO_TIMEOUT)
+        denied.sendto(b"z", server.server_address)
+        assert denied.recv(100).startswith(b"('127.0.0.7'")
     stats = server.statistics()
-    assert (stats.accepted, stats.denied) == (2, 1)
+    assert (stats.accepted, stats.denied) == (3, 1)
 
 
 def test_dual_stack_shows_ipv4_clients_as_ipv4(loop_name: LoopName) -> None:
@@ -198,6 +202,9 @@ def test_datagram_size_limit_truncates_or_drops(loop_name: LoopName) -> None:
         client.sendto(b"x" * 100, server.server_address)
         client.sendto(b"x" * 5, server.server_address)
         assert client.recv(10) == b"5"
+        server.max_packet_size = 1000
+        client.sendto(b"x" * 100, server.server_address)
+        assert client.recv(10) == b"100"
     assert server.statistics().oversized == 1
 
 
