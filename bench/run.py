@@ -58,6 +58,8 @@ TCP_SERVERS = {
     # Framed sync handlers (MessageRequestHandler, chunk framing) on the serving loop:
     # not the unchanged StreamRequestHandler code the other socketserver rows run.
     "sockserve_evented": "{python} {servers}/sockserve_evented.py",
+    "sockserve_evented_prefork1": "{python} {servers}/sockserve_evented.py --workers 1 --all-cpus",
+    "sockserve_evented_prefork2": "{python} {servers}/sockserve_evented.py --workers 2 --all-cpus",
     "sockserve_async": "{python} {servers}/sockserve_async.py",
     "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
 }

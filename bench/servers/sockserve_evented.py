@@ -1,14 +1,22 @@
 """Echo with sockserve's EventedTCPServer: a MessageRequestHandler with chunk framing,
 called once per message on the serving loop (no thread per connection).
 
+    python bench/servers/sockserve_evented.py [--port N] [--workers N [--all-cpus]]
+
+``--workers N`` serves with N pre-forked evented workers (``PreForkMixIn`` before
+``EventedMixIn``): single-threaded workers, so two of them on two CPUs never hand a GIL
+to each other.  ``--all-cpus`` undoes the driver's pinning to one CPU first, so that
+the workers (which inherit the affinity) can spread over every CPU.
+
 Prints its port as the first line, like every bench server.
 """
 
 from __future__ import annotations
 
-import sys
+import os
 
 import sockserve
+from _peer import HOST, announce, parser
 
 
 class ChunkEcho(sockserve.MessageRequestHandler):
@@ -22,9 +30,25 @@ class Server(sockserve.EventedTCPServer):
     request_queue_size = 4096
 
 
+class PreForkServer(sockserve.PreForkMixIn, sockserve.EventedMixIn, sockserve.TCPServer):
+    request_queue_size = 4096
+
+
 def main() -> None:
-    with Server(("127.0.0.1", 0), ChunkEcho) as server:
-        print(server.server_address[1], flush=True)
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--workers", type=int, default=0,
+                   help="pre-forked worker processes (default 0: serve in this process)")
+    p.add_argument("--all-cpus", action="store_true",
+                   help="run on every CPU instead of the one the driver pinned us to")
+    args = p.parse_args()
+    if args.all_cpus:
+        # One thread so far: the forked workers inherit this affinity (sched_setaffinity(2)).
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    server_class: type[sockserve.TCPServer] = Server
+    if args.workers:
+        server_class = type("PreForkServer", (PreForkServer,), {"workers": args.workers})
+    with server_class((HOST, args.port), ChunkEcho) as server:
+        announce(server.server_address[1])
         try:
             server.serve_forever(poll_interval=None)
         except KeyboardInterrupt:
@@ -32,4 +56,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()
