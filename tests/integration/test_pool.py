@@ -280,3 +280,4 @@ def test_many_clients_never_more_threads_than_max_workers() -> None:
         results = run_concurrently(60, one)
     assert results == [b"%d\n" % n for n in range(60)]
     assert max(seen) <= 4
+

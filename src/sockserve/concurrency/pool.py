@@ -97,7 +97,9 @@ class WorkerPool:
 
     def _enqueue(self, work: Work) -> None:
         self._queue.append(work)
-        if self._idle:
+        # An idle worker stays counted until it runs, so a burst can outnumber the idle
+        # workers already woken: each request beyond them needs a new thread.
+        if len(self._queue) <= self._idle:
             self._cond.notify()
         elif len(self._threads) < self._max_workers:
             self._start_worker()
@@ -151,7 +153,7 @@ class WorkerPool:
         with self._cond:
             was_full = not self._has_capacity()
             self._max_workers = max_workers
-            while self._queue and len(self._threads) < max_workers and not self._idle:
+            while len(self._queue) > self._idle and len(self._threads) < max_workers:
                 self._start_worker()
             self._cond.notify_all()
             freed = was_full and self._has_capacity()

@@ -1,0 +1,37 @@
+"""WorkerPool on its own: how many threads a burst of work gets."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from sockserve.concurrency.pool import WorkerPool
+from tests.helpers import IO_TIMEOUT
+
+
+def test_a_burst_after_a_quiet_spell_starts_enough_workers() -> None:
+    # One finished request leaves one idle worker.  A burst of four, submitted before
+    # that worker wakes, must not all wait for it: each request beyond the idle
+    # workers starts a thread (up to max_workers).
+    together = threading.Barrier(4, timeout=IO_TIMEOUT)
+    done = threading.Semaphore(0)
+
+    def run(request: Any, client_address: Any) -> None:
+        if request == "burst":
+            together.wait()  # BrokenBarrierError if the four do not run at once
+        done.release()
+
+    pool = WorkerPool(run, max_workers=8, max_queue=8)
+    try:
+        pool.submit("warm-up", None)
+        assert done.acquire(timeout=IO_TIMEOUT)
+        # Holding the pool's lock keeps the idle worker from waking until all four wait.
+        with pool._cond:
+            for _ in range(4):
+                assert pool.submit_nowait("burst", None)
+        for _ in range(4):
+            assert done.acquire(timeout=IO_TIMEOUT), "a burst request did not run"
+        assert not together.broken
+        assert pool.statistics().workers == 4
+    finally:
+        pool.close(timeout=IO_TIMEOUT)
