@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -11,6 +12,11 @@ import pytest
 import trustme
 
 from sockserve import tls
+
+# A shell starts background jobs with SIGINT ignored, and children inherit that: the
+# examples and CLI tests stop their servers with SIGINT, as a user's Ctrl-C would.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture

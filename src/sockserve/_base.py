@@ -156,12 +156,14 @@ class BaseServer:
                     self.__handshakes = None
                     handshakes.close()
         finally:
-            self.__loop_owner = None
             if self.__waker is not None:
                 self.__waker.close()
                 self.__waker = None
             self.__shutdown_request = False
             self.__is_shut_down.set()
+            # Last: until here, a shutdown() on this thread (a signal handler running
+            # during this cleanup) must see that the loop is its own and not wait.
+            self.__loop_owner = None
 
     def _sockserve_listeners(self) -> list[Any]:
         """What the loop waits on for new requests: the server itself (its fileno(),

@@ -185,3 +185,84 @@ def test_reload_replaces_every_worker_one_at_a_time() -> None:
         assert int(ask(server.server_address)) not in old
     stats = workers(server)
     assert stats.spawned == 6  # three replacements and stats.crashed == 0
+
+
+def listening_sockets(port: int, kind: str = "tcp") -> int:
+    """How many sockets of this network namespace listen on *port* (/proc/net: TCP in
+    state LISTEN, UDP bound)."""
+    count = 0
+    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
+                    count += 1
+    return count
+
+
+def test_each_worker_listens_on_its_own_reuse_port_socket_too() -> None:
+    with serve_in_thread(prefork(workers=2, reuse_port_per_worker=True)) as server:
+        port = server.server_address[1]
+        wait_for(lambda: listening_sockets(port) == 3, what="the shared socket and two own")
+        # The kernel spreads connections over the three sockets by a hash of the
+        # client's address: 50 clients all missing one worker has odds of (2/3)**50.
+        pids = {int(ask(server.server_address)) for _ in range(50)}
+        assert pids == set(server.worker_pids())
+
+
+def test_udp_workers_with_reuse_port_sockets() -> None:
+    class DatagramPid(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"%d" % os.getpid())
+
+    server = prefork(DatagramPid, sockserve.PreForkUDPServer, workers=2,
+                     reuse_port_per_worker=True)
+    with serve_in_thread(server):
+        port = server.server_address[1]
+        wait_for(lambda: listening_sockets(port, "udp") == 3, what="three UDP sockets")
+        pids = set()
+        for _ in range(50):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:  # a new port
+                client.settimeout(IO_TIMEOUT)
+                client.sendto(b"pid", server.server_address)
+                pids.add(int(client.recv(100)))
+        assert pids == set(server.worker_pids())
+
+
+def test_a_recycled_worker_serves_what_waits_on_its_own_socket() -> None:
+    # Connections the kernel queued on a worker's own socket die with that socket, so
+    # a stopping worker accepts and serves them first.
+    class Held(Pid):
+        def handle(self) -> None:
+            if self.rfile.readline() == b"hold\n":
+                self.wfile.write(b"held\n")
+                self.rfile.readline()
+            self.wfile.write(b"%d\n" % os.getpid())
+
+    with serve_in_thread(prefork(Held, workers=1, max_requests=1,
+                                 reuse_port_per_worker=True)) as server:
+        port = server.server_address[1]
+        wait_for(lambda: listening_sockets(port) == 2, what="the shared socket and one own")
+        with connect(server.server_address) as first:
+            first.sendall(b"hold\n")
+            assert first.recv(100) == b"held\n"
+            waiting = [connect(server.server_address) for _ in range(6)]
+            try:
+                for client in waiting:
+                    client.sendall(b"pid\n")
+                first.sendall(b"go\n")
+                worker = int(recv_all(first))
+                replies = [recv_all(client) for client in waiting]
+            finally:
+                for client in waiting:
+                    client.close()
+    assert all(reply.strip().isdigit() for reply in replies), replies
+    assert worker in {int(reply) for reply in replies}  # served before it went
+
+
+def test_reuse_port_per_worker_leaves_unix_sockets_shared(unix_path: str) -> None:
+    server = prefork(server_class=sockserve.PreForkUnixStreamServer, address=unix_path,
+                     workers=2, reuse_port_per_worker=True)
+    with serve_in_thread(server):
+        assert int(ask(unix_path, family=socket.AF_UNIX)) in server.worker_pids()

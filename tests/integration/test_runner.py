@@ -62,7 +62,11 @@ class Service:
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(IO_TIMEOUT * 2)
+        try:
+            return self.proc.wait(IO_TIMEOUT * 2)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running after SIGTERM; output:\n"
+                                 f"{''.join(self.lines)}") from None
 
 
 @pytest.fixture
