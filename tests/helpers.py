@@ -51,3 +51,17 @@ def client_ctx(ca: Any, *, alpn: list[str] | None = None) -> ssl.SSLContext:
     if alpn:
         ctx.set_alpn_protocols(alpn)
     return ctx
+
+
+def listening_sockets(port: int, kind: str = "tcp") -> int:
+    """How many sockets of this network namespace listen on *port* (/proc/net: TCP in
+    state LISTEN, UDP bound)."""
+    count = 0
+    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                local, state = row.split()[1], row.split()[3]
+                if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
+                    count += 1
+    return count

@@ -150,7 +150,7 @@ class BaseServer:
                 try:
                     self._sockserve_serve_loop(selector, waker, poll_interval)
                     if self.__accept_backlog_on_stop:
-                        self.__accept_backlog()
+                        self._sockserve_accept_backlog()
                 finally:
                     self._sockserve_selector = None
                     self.__handshakes = None
@@ -285,8 +285,9 @@ class BaseServer:
                         self.server_address, report.finished, report.cut)
         return report
 
-    def __accept_backlog(self) -> None:
-        """Accept what waits in the kernel backlog (drain with backlog=True)."""
+    def _sockserve_accept_backlog(self) -> None:
+        """Accept what waits in the kernel backlog (drain with backlog=True; a stopping
+        pre-fork worker's own sockets)."""
         self.__handshakes = None  # no loop left to drive them: handshake in place
         for _ in range(max(1, getattr(self, "request_queue_size", 5)) * 4):
             ready = select.select(self._sockserve_listeners(), [], [], 0)[0]

@@ -27,6 +27,8 @@ from .stats import ServerStatistics
 
 logger = logging.getLogger("sockserve.prefork")
 
+INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # the ones with SO_REUSEPORT
+
 
 class PreForkMixIn(_ConcurrencyMixIn):
     """Serve with a fixed number of pre-forked worker processes.
@@ -41,6 +43,10 @@ class PreForkMixIn(_ConcurrencyMixIn):
     max_requests_jitter = 0
     # On shutdown, how long workers may finish in-flight requests before SIGKILL.
     graceful_timeout = 30.0
+    # Each worker also listens on a TCP/UDP socket of its own, bound to the same
+    # address with SO_REUSEPORT: the kernel then spreads new connections over the
+    # workers instead of waking every worker for each.  The shared socket stays.
+    reuse_port_per_worker = False
 
     _supervisor: Supervisor | None = None
     _supervisor_waker: Waker | None = None  # set in workers: the parent's loop
@@ -48,6 +54,12 @@ class PreForkMixIn(_ConcurrencyMixIn):
     _poll_interval: float | None = 0.5
     _replace_requested = False
     _drain_started = False
+    _own_sockets: tuple[socket.socket, ...] = ()  # a worker's (reuse_port_per_worker)
+
+    def server_bind(self) -> None:
+        if self.reuse_port_per_worker and self.address_family in INET_FAMILIES:
+            self.allow_reuse_port = True  # the kernel only groups sockets that all ask
+        super().server_bind()
 
     @property
     def in_worker(self) -> bool:
@@ -109,7 +121,14 @@ class PreForkMixIn(_ConcurrencyMixIn):
             if self.max_requests:
                 self._requests_left = self.max_requests + random.randint(
                     0, max(0, self.max_requests_jitter))
+            if self.reuse_port_per_worker:
+                self._listen_on_own_sockets()
             self.serve_forever(self._poll_interval)
+            if self._own_sockets:
+                # What the kernel queued on this worker's own sockets dies with them:
+                # serve it first (a connection arriving between this and close() is
+                # still reset; Linux's net.ipv4.tcp_migrate_req=1 moves those too).
+                self._sockserve_accept_backlog()
             status = 0
         except BaseException:
             logger.exception("worker %d failed", os.getpid())
@@ -118,6 +137,20 @@ class PreForkMixIn(_ConcurrencyMixIn):
                 self.server_close()  # joins a pool's threads; never unlinks the parent's file
             finally:
                 os._exit(status)
+
+    def _listen_on_own_sockets(self) -> None:
+        """In a worker: add a SO_REUSEPORT sibling of each TCP/UDP listening socket."""
+        own = []
+        for shared in [self.socket, *self.extra_sockets]:
+            if shared.family not in INET_FAMILIES:
+                continue  # Unix sockets have no port to share: they stay shared only
+            try:
+                own.append(reuse_port_sibling(shared, self.request_queue_size))
+            except OSError as exc:  # e.g. a socket inherited without SO_REUSEPORT
+                logger.warning("worker %d: sharing %s only: %s", os.getpid(),
+                               shared.getsockname(), exc)
+        self._own_sockets = tuple(own)
+        self.extra_sockets = [*self.extra_sockets, *own]
 
     def _stop_worker(self) -> None:
         """SIGTERM in a worker: stop accepting and, with ``drain_timeout``, cut what is
@@ -196,6 +229,27 @@ class PreForkMixIn(_ConcurrencyMixIn):
         if self._supervisor is not None:
             self._supervisor.stop(self.graceful_timeout)  # if the loop did not already
         super().server_close()
+
+
+def reuse_port_sibling(shared: socket.socket, backlog: int) -> socket.socket:
+    """A new socket bound to *shared*'s address with SO_REUSEPORT (listening, for
+    streams), non-blocking like the shared one during serving."""
+    sock = socket.socket(shared.family, shared.type)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if shared.type == socket.SOCK_STREAM:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if shared.family == socket.AF_INET6:
+            v6only = shared.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY)
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, v6only)
+        sock.bind(shared.getsockname())
+        if shared.type == socket.SOCK_STREAM:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class PreForkTCPServer(PreForkMixIn, TCPServer):

@@ -66,6 +66,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", choices=MODELS, default="pool",
                        help="concurrency model (default: pool)")
     group.add_argument("--workers", type=int, default=2, help="processes for prefork")
+    group.add_argument("--reuse-port", action="store_true",
+                       help="prefork: each worker also listens on a SO_REUSEPORT socket of "
+                            "its own (the kernel balances connections)")
     group.add_argument("--threads", type=int, default=16, help="threads for pool")
     limits = parser.add_argument_group("limits (defaults: sockserve.defaults)")
     for name, kind in (("max-connections", int), ("idle-timeout", float),
@@ -141,7 +144,8 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
         if not socks:
             for address in addresses:
                 socks += bind_sockets(address, unix_mode=args.unix_mode,
-                                      unix_owner=args.unix_owner)
+                                      unix_owner=args.unix_owner,
+                                      reuse_port=args.reuse_port)
         kinds = {(sock.family == getattr(socket, "AF_UNIX", None), sock.type) for sock in socks}
         if len(kinds) > 1:
             raise SockServeError("one server serves one kind of socket: do not mix TCP, "
@@ -152,6 +156,7 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
         raise
     sock = socks[0]
     settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
+                                "reuse_port_per_worker": args.reuse_port,
                                 "unmap_ipv4_clients": True}
     for name in ("max_connections", "idle_timeout", "read_timeout", "write_timeout",
                  "connection_lifetime", "drain_timeout", "max_connections_per_ip"):

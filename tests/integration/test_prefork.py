@@ -12,7 +12,7 @@ import pytest
 import sockserve
 from sockserve.concurrency.prefork import SupervisorStatistics
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
 
 
 class Pid(sockserve.StreamRequestHandler):
@@ -185,20 +185,6 @@ def test_reload_replaces_every_worker_one_at_a_time() -> None:
         assert int(ask(server.server_address)) not in old
     stats = workers(server)
     assert stats.spawned == 6  # three replacements and stats.crashed == 0
-
-
-def listening_sockets(port: int, kind: str = "tcp") -> int:
-    """How many sockets of this network namespace listen on *port* (/proc/net: TCP in
-    state LISTEN, UDP bound)."""
-    count = 0
-    for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
-        with open(table) as rows:
-            next(rows)
-            for row in rows:
-                local, state = row.split()[1], row.split()[3]
-                if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
-                    count += 1
-    return count
 
 
 def test_each_worker_listens_on_its_own_reuse_port_socket_too() -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,6 +129,16 @@ def test_sighup_replaces_prefork_workers_and_ttin_ttou_scale(service: Any) -> No
     svc.wait_line(r"workers: 2")
     svc.signal(signal.SIGTTOU)
     svc.wait_line(r"workers: 1")
+    assert svc.stop() == 0
+
+
+def test_prefork_workers_with_their_own_reuse_port_sockets(service: Any) -> None:
+    svc = service("tests.integration.apps:Pid", "--model", "prefork", "--workers", "2",
+                  "--reuse-port")
+    wait_for(lambda: listening_sockets(svc.address[1]) == 3,
+             what="the shared socket and one per worker")
+    # Spread by a hash of the client's address: all 50 missing one worker: (2/3)**50.
+    assert len({ask_pid(svc.address) for _ in range(50)}) == 2
     assert svc.stop() == 0
 
 
