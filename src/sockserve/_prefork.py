@@ -17,7 +17,7 @@ import selectors
 import signal
 import socket
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._mixins import _ConcurrencyMixIn
 from ._server import BaseServer, TCPServer, UDPServer
@@ -29,8 +29,14 @@ logger = logging.getLogger("sockserve.prefork")
 
 INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # the ones with SO_REUSEPORT
 
+# Every server PreForkMixIn goes with is a TCPServer (UDP and Unix ones subclass it).
+if TYPE_CHECKING:
+    _SocketServer = TCPServer
+else:
+    _SocketServer = object
 
-class PreForkMixIn(_ConcurrencyMixIn):
+
+class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     """Serve with a fixed number of pre-forked worker processes.
 
     ``class S(PreForkMixIn, ThreadPoolMixIn, TCPServer)`` gives each worker a pool.
