@@ -60,6 +60,8 @@ TCP_SERVERS = {
     "sockserve_evented": "{python} {servers}/sockserve_evented.py",
     "sockserve_evented_prefork1": "{python} {servers}/sockserve_evented.py --workers 1 --all-cpus",
     "sockserve_evented_prefork2": "{python} {servers}/sockserve_evented.py --workers 2 --all-cpus",
+    "sockserve_evented_prefork2_reuseport":
+        "{python} {servers}/sockserve_evented.py --workers 2 --all-cpus --reuse-port",
     "sockserve_async": "{python} {servers}/sockserve_async.py",
     "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
 }
@@ -76,6 +78,8 @@ UDP_SERVERS = {
     # Serial workers: one process per CPU is the pre-fork way to serve datagrams.
     "sockserve_prefork1_udp": API + "--all-cpus sockserve:PreForkUDPServer workers=1",
     "sockserve_prefork2_udp": API + "--all-cpus sockserve:PreForkUDPServer workers=2",
+    "sockserve_prefork2_udp_reuseport": API + "--all-cpus sockserve:PreForkUDPServer workers=2"
+                                              " reuse_port_per_worker=True",
     "sockserve_async_udp": "{python} {servers}/sockserve_async.py --udp",
     "sockserve_async_asyncio_udp": "{python} {servers}/sockserve_async.py --udp --loop asyncio",
 }

@@ -1,7 +1,7 @@
 """Echo with sockserve's EventedTCPServer: a MessageRequestHandler with chunk framing,
 called once per message on the serving loop (no thread per connection).
 
-    python bench/servers/sockserve_evented.py [--port N] [--workers N [--all-cpus]]
+    python bench/servers/sockserve_evented.py [--port N] [--workers N [--all-cpus] [--reuse-port]]
 
 ``--workers N`` serves with N pre-forked evented workers (``PreForkMixIn`` before
 ``EventedMixIn``): single-threaded workers, so two of them on two CPUs never hand a GIL
@@ -38,6 +38,8 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--workers", type=int, default=0,
                    help="pre-forked worker processes (default 0: serve in this process)")
+    p.add_argument("--reuse-port", action="store_true",
+                   help="each worker also listens on a SO_REUSEPORT socket of its own")
     p.add_argument("--all-cpus", action="store_true",
                    help="run on every CPU instead of the one the driver pinned us to")
     args = p.parse_args()
@@ -46,7 +48,8 @@ def main() -> None:
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
     server_class: type[sockserve.TCPServer] = Server
     if args.workers:
-        server_class = type("PreForkServer", (PreForkServer,), {"workers": args.workers})
+        server_class = type("PreForkServer", (PreForkServer,), {
+            "workers": args.workers, "reuse_port_per_worker": args.reuse_port})
     with server_class((HOST, args.port), ChunkEcho) as server:
         announce(server.server_address[1])
         try:
