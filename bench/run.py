@@ -55,6 +55,11 @@ TCP_SERVERS = {
                                 " workers=1 max_workers=5000",
     "sockserve_prefork2": API + "--all-cpus sockserve_models:PreForkThreadPoolTCPServer"
                                 " workers=2 max_workers=5000",
+    # ... each worker pinned to one CPU (worker_cpu_affinity): its threads stay together.
+    "sockserve_prefork1_pinned": API + "--all-cpus sockserve_models:PreForkThreadPoolTCPServer"
+                                       " workers=1 max_workers=5000 worker_cpu_affinity=True",
+    "sockserve_prefork2_pinned": API + "--all-cpus sockserve_models:PreForkThreadPoolTCPServer"
+                                       " workers=2 max_workers=5000 worker_cpu_affinity=True",
     # Framed sync handlers (MessageRequestHandler, chunk framing) on the serving loop:
     # not the unchanged StreamRequestHandler code the other socketserver rows run.
     "sockserve_evented": "{python} {servers}/sockserve_evented.py",

@@ -69,6 +69,8 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--reuse-port", action="store_true",
                        help="prefork: each worker also listens on a SO_REUSEPORT socket of "
                             "its own (the kernel balances connections)")
+    group.add_argument("--cpu-affinity", action="store_true",
+                       help="prefork: pin each worker to one CPU, spread over the CPUs")
     group.add_argument("--threads", type=int, default=16, help="threads for pool")
     limits = parser.add_argument_group("limits (defaults: sockserve.defaults)")
     for name, kind in (("max-connections", int), ("idle-timeout", float),
@@ -157,6 +159,7 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
     sock = socks[0]
     settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
                                 "reuse_port_per_worker": args.reuse_port,
+                                "worker_cpu_affinity": args.cpu_affinity,
                                 "unmap_ipv4_clients": True}
     for name in ("max_connections", "idle_timeout", "read_timeout", "write_timeout",
                  "connection_lifetime", "drain_timeout", "max_connections_per_ip"):

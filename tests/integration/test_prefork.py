@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -252,3 +253,25 @@ def test_reuse_port_per_worker_leaves_unix_sockets_shared(unix_path: str) -> Non
                      workers=2, reuse_port_per_worker=True)
     with serve_in_thread(server):
         assert int(ask(unix_path, family=socket.AF_UNIX)) in server.worker_pids()
+
+
+def test_worker_cpu_affinity_spreads_workers_and_replacements_over_the_cpus() -> None:
+    allowed = sorted(os.sched_getaffinity(0))
+    expected = sorted((allowed * 2)[:2])  # two CPUs, or one CPU twice
+
+    def cpus_of_workers(server: sockserve.PreForkMixIn) -> list[int] | None:
+        try:
+            sets = [os.sched_getaffinity(pid) for pid in server.worker_pids()]
+        except OSError:  # a worker exited between the two calls
+            return None
+        if len(sets) != 2 or any(len(cpus) != 1 for cpus in sets):
+            return None  # not started, or not pinned yet
+        return sorted(cpu for cpus in sets for cpu in cpus)
+
+    with serve_in_thread(prefork(workers=2, worker_cpu_affinity=True)) as server:
+        wait_for(lambda: cpus_of_workers(server) == expected, what="workers pinned apart")
+        victim = server.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        wait_for(lambda: victim not in server.worker_pids()
+                 and cpus_of_workers(server) == expected, what="the replacement on the freed CPU")
+        assert int(ask(server.server_address)) in server.worker_pids()

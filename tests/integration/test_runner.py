@@ -132,13 +132,17 @@ def test_sighup_replaces_prefork_workers_and_ttin_ttou_scale(service: Any) -> No
     assert svc.stop() == 0
 
 
-def test_prefork_workers_with_their_own_reuse_port_sockets(service: Any) -> None:
+def test_prefork_workers_with_own_reuse_port_sockets_and_cpus(service: Any) -> None:
     svc = service("tests.integration.apps:Pid", "--model", "prefork", "--workers", "2",
-                  "--reuse-port")
+                  "--reuse-port", "--cpu-affinity")
     wait_for(lambda: listening_sockets(svc.address[1]) == 3,
              what="the shared socket and one per worker")
     # Spread by a hash of the client's address: all 50 missing one worker: (2/3)**50.
-    assert len({ask_pid(svc.address) for _ in range(50)}) == 2
+    pids = {ask_pid(svc.address) for _ in range(50)}
+    assert len(pids) == 2
+    allowed = sorted(os.sched_getaffinity(0))
+    assert sorted(cpu for pid in pids for cpu in os.sched_getaffinity(pid)) == \
+        sorted((allowed * 2)[:2])  # one CPU each, apart when there are two
     assert svc.stop() == 0
 
 

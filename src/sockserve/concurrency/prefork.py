@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 logger = logging.getLogger("sockserve.prefork")
 
@@ -49,21 +50,27 @@ class _Worker:
     pid: int
     started: float
     pidfd: int | None
+    place: Any = None  # what place() chose for it (e.g. a CPU)
     stopping: bool = False  # asked to stop by shrink(); no longer counts toward target
 
 
 class Supervisor:
-    """Keeps ``target`` children running ``run_worker()``; the child never returns.
+    """Keeps ``target`` children running ``run_worker(place)``; the child never returns.
 
     Args:
-        run_worker: called in each new child; must end the process (``os._exit``).
+        run_worker: called in each new child with its place; must end the process
+            (``os._exit``).
         target: number of workers.
+        place: called in the parent before each fork with the places of the workers
+            serving now; returns the new worker's (e.g. the least used CPU).
     """
 
-    def __init__(self, run_worker: Callable[[], None], target: int) -> None:
+    def __init__(self, run_worker: Callable[[Any], None], target: int,
+                 place: Callable[[list[Any]], Any] = lambda taken: None) -> None:
         if target < 1:
             raise ValueError("need at least one worker")
         self._run_worker = run_worker
+        self._place = place
         self.target = target
         self._workers: dict[int, _Worker] = {}
         self._spawned = self._exited = self._crashed = 0
@@ -81,12 +88,13 @@ class Supervisor:
         while the child starts is then handled, not fatal, and never handled by a copy
         of the parent's handlers.
         """
+        place = self._place([w.place for w in self._workers.values() if not w.stopping])
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             pid = os.fork()
             if pid == 0:
                 try:
-                    self._run_worker()
+                    self._run_worker(place)
                 finally:
                     os._exit(70)  # EX_SOFTWARE: run_worker() returned or raised
         finally:
@@ -98,7 +106,7 @@ class Supervisor:
                 pidfd = os.pidfd_open(pid)
             except OSError:
                 pidfd = None  # e.g. seccomp or an old kernel: poll instead
-        self._workers[pid] = _Worker(pid, time.monotonic(), pidfd)
+        self._workers[pid] = _Worker(pid, time.monotonic(), pidfd, place)
         self._spawned += 1
         return pid
 
