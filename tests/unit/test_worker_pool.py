@@ -26,7 +26,7 @@ def test_a_burst_after_a_quiet_spell_starts_enough_workers() -> None:
         pool.submit("warm-up", None)
         assert done.acquire(timeout=IO_TIMEOUT)
         # Holding the pool's lock keeps the idle worker from waking until all four wait.
-        with pool._cond:
+        with pool._lock:
             for _ in range(4):
                 assert pool.submit_nowait("burst", None)
         for _ in range(4):

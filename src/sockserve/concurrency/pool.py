@@ -56,10 +56,16 @@ class WorkerPool:
         self._on_capacity = on_capacity
         self._daemon = daemon
         self._name = name
-        self._cond = threading.Condition()
+        # One lock, two conditions: idle workers wait for work, and submit()/close()
+        # wait for a free slot or for the workers to end.  A finished request then
+        # wakes a waiting submitter, not every idle worker.
+        self._lock = threading.RLock()
+        self._work_ready = threading.Condition(self._lock)
+        self._state_changed = threading.Condition(self._lock)
         self._queue: collections.deque[Work] = collections.deque()
         self._threads: set[threading.Thread] = set()
-        self._idle = 0
+        self._idle = 0  # workers waiting for work
+        self._waking = 0  # woken or started, not yet at the queue
         self._busy = 0
         self._completed = 0
         self._serial = 0
@@ -70,7 +76,7 @@ class WorkerPool:
     def has_capacity(self, reserve: int = 0) -> bool:
         """True if a request submitted now would run or queue without waiting, after
         *reserve* slots are kept for requests that will be submitted later."""
-        with self._cond:
+        with self._lock:
             return self._has_capacity(reserve)
 
     def _has_capacity(self, reserve: int = 0) -> bool:
@@ -79,7 +85,7 @@ class WorkerPool:
 
     def submit_nowait(self, request: Any, client_address: Any) -> bool:
         """Hand a request to the pool; False (and nothing done) if it is full."""
-        with self._cond:
+        with self._lock:
             if self._closing:
                 raise RuntimeError("the pool is closed")
             if not self._has_capacity():
@@ -89,23 +95,33 @@ class WorkerPool:
 
     def submit(self, request: Any, client_address: Any) -> None:
         """Hand a request to the pool, waiting for a free slot if it is full."""
-        with self._cond:
-            self._cond.wait_for(lambda: self._closing or self._has_capacity())
+        with self._lock:
+            self._state_changed.wait_for(lambda: self._closing or self._has_capacity())
             if self._closing:
                 raise RuntimeError("the pool is closed")
             self._enqueue((request, client_address))
 
     def _enqueue(self, work: Work) -> None:
         self._queue.append(work)
-        # An idle worker stays counted until it runs, so a burst can outnumber the idle
-        # workers already woken: each request beyond them needs a new thread.
-        if len(self._queue) <= self._idle:
-            self._cond.notify()
+        if not self._waking:
+            self._wake_one()
+        # else a worker is on its way: it takes this or an earlier request and, if more
+        # are queued, brings one more worker (see _work()).  One wake-up at a time lets
+        # a worker serve a burst of quick requests without waking a thread for each,
+        # and a burst of long ones still gets a worker each.
+
+    def _wake_one(self) -> None:
+        """Bring one more worker to the queue: an idle one, or a new thread."""
+        if self._idle:
+            self._waking += 1
+            self._work_ready.notify()
         elif len(self._threads) < self._max_workers:
             self._start_worker()
+        # else every worker is busy: each comes back for the queue when it is done
 
     def _start_worker(self) -> None:
         self._serial += 1
+        self._waking += 1  # the new thread answers like a woken one
         thread = threading.Thread(target=self._work, name=f"{self._name}-{self._serial}",
                                   daemon=self._daemon)
         self._threads.add(thread)
@@ -115,29 +131,38 @@ class WorkerPool:
 
     def _work(self) -> None:
         me = threading.current_thread()
-        cond = self._cond
+        arrived = True  # started or woken: answers one wake-up (_waking)
         while True:
-            with cond:
+            with self._lock:
                 while not self._queue and not self._closing and not self._surplus():
+                    if arrived:
+                        self._waking = max(0, self._waking - 1)
+                        arrived = False
                     self._idle += 1
-                    cond.wait()
+                    self._work_ready.wait()
                     self._idle -= 1
+                    arrived = True
+                if arrived:
+                    self._waking = max(0, self._waking - 1)
+                    arrived = False
                 if self._surplus() or not self._queue:  # shrinking, or closing and done
                     self._threads.discard(me)
-                    cond.notify_all()
+                    self._state_changed.notify_all()  # close() may wait for the last
                     return
                 work = self._queue.popleft()
                 self._busy += 1
+                if self._queue and not self._waking:
+                    self._wake_one()  # more wait: this request may take long
             try:
                 self._run(*work)
             except BaseException:  # run() handles errors; this is a last resort
                 logger.exception("worker %s: request %r escaped its error handling",
                                  me.name, work[1])
-            with cond:
+            with self._lock:
                 was_full = not self._has_capacity()
                 self._busy -= 1
                 self._completed += 1
-                cond.notify_all()  # a submit() may be waiting for the slot
+                self._state_changed.notify()  # a submit() may be waiting for the slot
             if was_full:
                 self._on_capacity()
 
@@ -150,12 +175,13 @@ class WorkerPool:
         """Change the thread limit; surplus threads exit after their current request."""
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
-        with self._cond:
+        with self._lock:
             was_full = not self._has_capacity()
             self._max_workers = max_workers
-            while len(self._queue) > self._idle and len(self._threads) < max_workers:
-                self._start_worker()
-            self._cond.notify_all()
+            if self._queue and not self._waking:
+                self._wake_one()  # the workers bring each other as long as work waits
+            self._work_ready.notify_all()  # surplus idle workers exit
+            self._state_changed.notify_all()  # submitters: the capacity changed
             freed = was_full and self._has_capacity()
         if freed:
             self._on_capacity()
@@ -167,15 +193,16 @@ class WorkerPool:
             True if every worker stopped (always, unless *wait* is false or *timeout*
             expired first).
         """
-        with self._cond:
+        with self._lock:
             self._closing = True
-            self._cond.notify_all()
+            self._work_ready.notify_all()
+            self._state_changed.notify_all()  # submitters fail
             if wait:
-                self._cond.wait_for(lambda: not self._threads, timeout)
+                self._state_changed.wait_for(lambda: not self._threads, timeout)
             return not self._threads
 
     def statistics(self) -> PoolStatistics:
-        with self._cond:
+        with self._lock:
             return PoolStatistics(
                 max_workers=self._max_workers, max_queue=self._max_queue,
                 workers=len(self._threads), busy=self._busy, queued=len(self._queue),
