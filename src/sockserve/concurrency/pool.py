@@ -121,11 +121,16 @@ class WorkerPool:
 
     def _start_worker(self) -> None:
         self._serial += 1
-        self._waking += 1  # the new thread answers like a woken one
         thread = threading.Thread(target=self._work, name=f"{self._name}-{self._serial}",
                                   daemon=self._daemon)
         self._threads.add(thread)
-        thread.start()
+        self._waking += 1  # the new thread answers like a woken one
+        try:
+            thread.start()
+        except BaseException:  # e.g. "can't start new thread": leave no phantom worker
+            self._threads.discard(thread)
+            self._waking -= 1
+            raise
 
     # -- the workers ----------------------------------------------------------------
 
