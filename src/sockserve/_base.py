@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from ._connections import ConnectionRegistry
 from .access import AccessList
-from .address import unmap_client_address
+from .address import MappedReplySocket, unmap_client_address
 from ._wakeup import RECHECK, SHUTDOWN, Waker
 from .stats import Counters, DrainReport, ServerStatistics
 from .tls import DEFAULT_HANDSHAKE_TIMEOUT, Handshake, HandshakeDriver, blocking_handshake
@@ -390,7 +390,11 @@ class BaseServer:
             logger.info("accepting again on %s", self.server_address)
             self.__accept_backoff = 0.0
         if self.unmap_ipv4_clients:
-            client_address = unmap_client_address(client_address)
+            shown = unmap_client_address(client_address)
+            if shown is not client_address and \
+                    getattr(self, "socket_type", None) == socket.SOCK_DGRAM:
+                request = (request[0], MappedReplySocket(request[1]))  # replies reach it
+            client_address = shown
         if self.access_list is not None and not self.access_list.check(client_address):
             self._sockserve_counters.denied += 1
             logger.info("access denied to %s", client_address)

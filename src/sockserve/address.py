@@ -507,6 +507,32 @@ def unmap_client_address(addr: Any) -> Any:
     return addr
 
 
+class MappedReplySocket:
+    """A dual-stack datagram socket as a handler sees it when ``unmap_ipv4_clients``
+    shows an IPv4 client as ``('a.b.c.d', port)``: ``sendto()`` to such an address goes
+    to its IPv4-mapped form, which is the only one an IPv6 socket can reach.  Everything
+    else is the socket's own.
+    """
+
+    __slots__ = ("_sock",)
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def sendto(self, data: Any, *flags_and_address: Any) -> int:
+        """``sendto(data, address)`` or ``sendto(data, flags, address)``."""
+        *flags, address = flags_and_address
+        if isinstance(address, tuple) and len(address) == 2 and isinstance(address[0], str) \
+                and address[0].count(".") == 3 and address[0].replace(".", "").isdigit():
+            address = ("::ffff:" + address[0], address[1])  # an IPv4 literal
+        if flags:
+            return self._sock.sendto(data, flags[0], address)
+        return self._sock.sendto(data, address)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
 def display_client_address(addr: Any) -> str:
     """A client address as users expect to read it in logs.
 

@@ -83,3 +83,21 @@ def test_datagrams_from_denied_clients_are_dropped() -> None:
             allowed.settimeout(IO_TIMEOUT)
             allowed.sendto(b"y", server.server_address)
             assert allowed.recv(10) == b"y"
+
+
+def test_dual_stack_datagram_replies_reach_clients_shown_as_ipv4() -> None:
+    class Echo(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            data = self.rfile.read()
+            self.wfile.write(repr(self.client_address).encode())
+            self.socket.sendto(data, self.client_address)  # as stdlib examples do
+
+    [sock] = bind_sockets("udp://[::]:0")
+    server = sockserve.UDPServer.from_socket(sock, Echo)
+    server.unmap_ipv4_clients = True
+    with serve_in_thread(server):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(IO_TIMEOUT)
+            client.sendto(b"direct", ("127.0.0.1", server.server_address[1]))
+            assert client.recv(100) == b"direct"  # the handler's own sendto()
+            assert client.recv(100).startswith(b"('127.0.0.1', ")  # finish()'s reply
