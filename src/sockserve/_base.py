@@ -285,12 +285,13 @@ class BaseServer:
                         self.server_address, report.finished, report.cut)
         return report
 
-    def _sockserve_accept_backlog(self) -> None:
-        """Accept what waits in the kernel backlog (drain with backlog=True; a stopping
-        pre-fork worker's own sockets)."""
+    def _sockserve_accept_backlog(self, listeners: list[Any] | None = None) -> None:
+        """Accept what waits in the kernel backlog of *listeners* (default: all of them;
+        drain with backlog=True), or a stopping pre-fork worker's own sockets."""
         self.__handshakes = None  # no loop left to drive them: handshake in place
+        listeners = self._sockserve_listeners() if listeners is None else listeners
         for _ in range(max(1, getattr(self, "request_queue_size", 5)) * 4):
-            ready = select.select(self._sockserve_listeners(), [], [], 0)[0]
+            ready = select.select(listeners, [], [], 0)[0]
             if not ready:
                 break
             for listener in ready:

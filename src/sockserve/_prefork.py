@@ -147,7 +147,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                 # What the kernel queued on this worker's own sockets dies with them:
                 # serve it first (a connection arriving between this and close() is
                 # still reset; Linux's net.ipv4.tcp_migrate_req=1 moves those too).
-                self._sockserve_accept_backlog()
+                self._sockserve_accept_backlog(list(self._own_sockets))
             status = 0
         except BaseException:
             logger.exception("worker %d failed", os.getpid())

@@ -139,17 +139,16 @@ class WorkerPool:
         arrived = True  # started or woken: answers one wake-up (_waking)
         while True:
             with self._lock:
-                while not self._queue and not self._closing and not self._surplus():
+                while True:
                     if arrived:
                         self._waking = max(0, self._waking - 1)
                         arrived = False
+                    if self._queue or self._closing or self._surplus():
+                        break
                     self._idle += 1
                     self._work_ready.wait()
                     self._idle -= 1
                     arrived = True
-                if arrived:
-                    self._waking = max(0, self._waking - 1)
-                    arrived = False
                 if self._surplus() or not self._queue:  # shrinking, or closing and done
                     self._threads.discard(me)
                     self._state_changed.notify_all()  # close() may wait for the last
