@@ -81,8 +81,8 @@ class Serving:
         self.spawning = False
         self.finished: asyncio.Future[None] = loop.create_future()  # serve() returned
         self.ticker: asyncio.TimerHandle | None = None  # the next service_actions()
-        self.listener: asyncio.AbstractServer | None = None  # of a stream server
-        self.endpoint: DatagramServing | None = None  # of a datagram server
+        self.listeners: list[asyncio.AbstractServer] = []  # a stream server's, one a socket
+        self.endpoints: list[DatagramServing] = []  # a datagram server's, one a socket
         # Set by drain(): (timeout, backlog); None stops with the server's grace period.
         self.drain: tuple[float | None, bool] | None = None
         self._released_before: int | None = None  # `released` when the drain was asked
@@ -237,29 +237,30 @@ class Serving:
 
     # -- stopping -------------------------------------------------------------------
 
-    async def stop_accepting(self, sock: Any, backlog: bool) -> None:
-        """Close the listener; with *backlog*, accept what waits in the kernel first.
+    async def stop_accepting(self, socks: list[Any], backlog: bool) -> None:
+        """Close the listeners; with *backlog*, accept what waits in the kernel first.
 
         asyncio sets an accepted connection up one loop pass after accepting it, and a
         listener closed in between loses it (the socket leaks, the client hangs).  So
-        the listener closes only once the listening socket has had nothing waiting and
-        no connection has been half set up for two passes in a row; without *backlog*,
-        what arrives meanwhile is refused (reset) rather than served.
+        the listeners close only once the listening sockets (*socks*) have had nothing
+        waiting and no connection has been half set up for two passes in a row; without
+        *backlog*, what arrives meanwhile is refused (reset) rather than served.
         """
-        if self.listener is None:
+        if not self.listeners:
             self.accepting = False
             return
         self.accepting = backlog
         quiet = 0
         for _ in range(SETTLE_PASSES):
-            quiet = quiet + 1 if self.created <= 0 and not _readable(sock) else 0
+            waiting = self.created > 0 or any(_readable(sock) for sock in socks)
+            quiet = 0 if waiting else quiet + 1
             if quiet >= 2:
                 break
             await asyncio.sleep(0)  # the loop accepts, and sets connections up
         self.accepting = False
-        if self.listener is not None:
-            self.listener.close()  # not wait_closed(), which waits for the clients
-            self.listener = None
+        listeners, self.listeners = self.listeners, []
+        for listener in listeners:
+            listener.close()  # not wait_closed(), which waits for the clients
 
     def cut_now(self) -> None:
         """``stop_now()``: end every connection at once (a drain stops waiting)."""

@@ -144,8 +144,8 @@ class AsyncMixIn(_ServerBase):
         if name in DATAGRAM_OPTIONS:
             # A running datagram server keeps a copy of these (_aio_datagram).
             serving = self.__dict__.get("_aio_serving")
-            if serving is not None and serving.endpoint is not None:
-                serving.endpoint.read_options()
+            for endpoint in serving.endpoints if serving is not None else ():
+                endpoint.read_options()
 
     def _check_handler_class(self, handler_class: Any) -> None:
         wanted = (AsyncDatagramRequestHandler if self.socket_type == socket.SOCK_DGRAM
@@ -196,13 +196,12 @@ class AsyncMixIn(_ServerBase):
         serving = Serving(self, loop)
         self._aio_is_shut_down.clear()
         self._aio_serving = serving
-        endpoint: DatagramServing | None = None
         try:
             # A shutdown() that came before serving started ends it before it begins.
             if self._aio_shutdown_request:
                 return
             self.draining.clear()  # from a previous serve()
-            endpoint = await self._listen(serving)
+            await self._listen(serving)
             self._notify_serving()
             if poll_interval is not None:
                 serving.ticker = loop.call_later(
@@ -212,7 +211,7 @@ class AsyncMixIn(_ServerBase):
             if serving.ticker is not None:
                 serving.ticker.cancel()
             try:
-                await self._stop_serving(serving, endpoint)
+                await self._stop_serving(serving)
             finally:
                 self._aio_serving = None
                 self._aio_shutdown_request = False
@@ -230,48 +229,56 @@ class AsyncMixIn(_ServerBase):
             serving.ticker = serving.loop.call_later(
                 poll_interval, self._tick, serving, poll_interval)
 
-    async def _listen(self, serving: Serving) -> DatagramServing | None:
-        """Start serving: the datagram endpoint (returned), or the stream listener
-        (``serving.listener``)."""
+    async def _listen(self, serving: Serving) -> None:
+        """Start serving every listening socket (``server.socket`` and
+        ``extra_sockets``): a datagram endpoint each (``serving.endpoints``), or a stream
+        listener each (``serving.listeners``)."""
+        for listening in [self.socket, *self.extra_sockets]:
+            sock = listening.dup()  # the loop closes it when serving stops
+            try:
+                await self._listen_on(serving, sock)
+            except BaseException:
+                sock.close()
+                raise
+
+    async def _listen_on(self, serving: Serving, sock: socket.socket) -> None:
         loop = serving.loop
-        sock = self.socket.dup()  # the loop closes it when serving stops
-        try:
-            if self.socket_type == socket.SOCK_DGRAM:
-                serving.endpoint = protocol = DatagramServing(serving)
-                await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-                return protocol
-            reader_class = (ConnectionReader if _aio_loop.is_uvloop(loop)
-                            else BufferedConnectionReader)
+        if self.socket_type == socket.SOCK_DGRAM:
+            protocol = DatagramServing(serving)
+            serving.endpoints.append(protocol)
+            await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+            return
+        reader_class = (ConnectionReader if _aio_loop.is_uvloop(loop)
+                        else BufferedConnectionReader)
 
-            def factory() -> ConnectionReader:
-                serving.created += 1  # until its connection_made(): stop_accepting()
-                return reader_class(serving)
+        def factory() -> ConnectionReader:
+            serving.created += 1  # until its connection_made(): stop_accepting()
+            return reader_class(serving)
 
-            if self.address_family == getattr(socket, "AF_UNIX", None):
-                kwargs: dict[str, Any] = {}
-                if sys.version_info >= (3, 13) and not _aio_loop.is_uvloop(loop):
-                    # 3.13 unlinks the socket file when the asyncio server closes; the
-                    # file is server_close()'s to remove (docs/design.md).
-                    kwargs["cleanup_socket"] = False
-                serving.listener = await loop.create_unix_server(
-                    factory, sock=sock, backlog=self.request_queue_size, **kwargs)
-            else:
-                serving.listener = await loop.create_server(
-                    factory, sock=sock, backlog=self.request_queue_size)
-            return None
-        except BaseException:
-            sock.close()
-            raise
+        if sock.family == getattr(socket, "AF_UNIX", None):
+            kwargs: dict[str, Any] = {}
+            if sys.version_info >= (3, 13) and not _aio_loop.is_uvloop(loop):
+                # 3.13 unlinks the socket file when the asyncio server closes; the
+                # file is server_close()'s to remove (docs/design.md).
+                kwargs["cleanup_socket"] = False
+            listener = await loop.create_unix_server(
+                factory, sock=sock, backlog=self.request_queue_size, **kwargs)
+        else:
+            listener = await loop.create_server(
+                factory, sock=sock, backlog=self.request_queue_size)
+        serving.listeners.append(listener)
 
-    async def _stop_serving(self, serving: Serving, endpoint: DatagramServing | None) -> None:
+    async def _stop_serving(self, serving: Serving) -> None:
         drain = serving.drain
-        if endpoint is None:
-            await serving.stop_accepting(self.socket, drain is not None and drain[1])
+        if not serving.endpoints:
+            await serving.stop_accepting([self.socket, *self.extra_sockets],
+                                         drain is not None and drain[1])
         grace = drain[0] if drain is not None else self._aio_grace()
         report = await serving.close(grace)
-        if endpoint is not None and endpoint.transport is not None:
-            endpoint.transport.close()
-            await endpoint.closed
+        for endpoint in serving.endpoints:
+            if endpoint.transport is not None:
+                endpoint.transport.close()
+                await endpoint.closed
         if report.open and (drain is not None or grace):
             logger.info("drained %s: %d connections finished, %d cut",
                         self.server_address, report.finished, report.cut)

@@ -726,3 +726,41 @@ def no_leftover_threads() -> Iterator[None]:
     for thread in set(threading.enumerate()) - before:
         thread.join(IO_TIMEOUT)
         assert not thread.is_alive(), f"{thread} still running"
+
+
+def test_several_addresses_in_one_stream_server(loop_name: LoopName) -> None:
+    socks = bind_sockets("127.0.0.1:0") + bind_sockets("127.0.0.2:0")
+    server = aio.AsyncTCPServer.from_sockets(socks, WhoAmI)
+    server.loop_factory = loop_name
+    addresses = server.server_addresses
+    with serve_in_thread(server):
+        for address in addresses:
+            with connect(address) as client:
+                assert recv_all(client).startswith(b"('127.0.0.")
+    for address in addresses:  # stopped: every listener closed
+        with pytest.raises(ConnectionRefusedError):
+            connect(address).close()
+
+
+def test_several_addresses_in_one_datagram_server(loop_name: LoopName) -> None:
+    class Where(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            self.send(repr(self.request[1].getsockname()).encode())
+
+    socks = bind_sockets("udp://127.0.0.1:0") + bind_sockets("udp://127.0.0.2:0")
+    server = aio.AsyncUDPServer.from_sockets(socks, Where)
+    server.loop_factory = loop_name
+    with serve_in_thread(server):
+        for address in server.server_addresses:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.settimeout(IO_TIMEOUT)
+                client.sendto(b"?", address)
+                reply, sender = client.recvfrom(100)
+                assert sender == address  # answered from the socket it was sent to
+                assert reply == repr(address).encode()
+        server.max_packet_size = 1  # a change reaches every socket's endpoint
+        server.drop_oversized_packets = True
+        for address in server.server_addresses:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.sendto(b"too long", address)
+        wait_for(lambda: server.statistics().oversized == 2, what="both datagrams dropped")

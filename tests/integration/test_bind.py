@@ -77,6 +77,7 @@ def open_descriptors() -> int | None:
 @contextlib.contextmanager
 def no_socket_leaks() -> Iterator[None]:
     """Fail if the block leaves a socket open: no new descriptor, no ResourceWarning."""
+    gc.collect()  # what earlier tests left for the collector is not this block's
     before = open_descriptors()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
