@@ -6,7 +6,7 @@ import threading
 from typing import Any
 
 from sockserve.concurrency.pool import WorkerPool
-from tests.helpers import IO_TIMEOUT
+from tests.helpers import IO_TIMEOUT, wait_for
 
 
 def test_a_burst_after_a_quiet_spell_starts_enough_workers() -> None:
@@ -34,4 +34,35 @@ def test_a_burst_after_a_quiet_spell_starts_enough_workers() -> None:
         assert not together.broken
         assert pool.statistics().workers == 4
     finally:
+        pool.close(timeout=IO_TIMEOUT)
+
+
+def test_quick_requests_are_served_while_long_ones_hold_workers() -> None:
+    # Two requests that block until released hold two workers; the third worker
+    # serves the quick ones meanwhile, whatever order the wake-ups happen in.
+    release = threading.Event()
+    quick_done = threading.Semaphore(0)
+    long_done = threading.Semaphore(0)
+
+    def run(request: Any, client_address: Any) -> None:
+        if request == "long":
+            assert release.wait(IO_TIMEOUT)
+            long_done.release()
+        else:
+            quick_done.release()
+
+    pool = WorkerPool(run, max_workers=3, max_queue=20)
+    try:
+        for request in ["long", "long"] + ["quick"] * 10:
+            assert pool.submit_nowait(request, None)
+        for _ in range(10):
+            assert quick_done.acquire(timeout=IO_TIMEOUT), "a quick request waited"
+        assert not long_done.acquire(blocking=False)  # the long ones still run
+        wait_for(lambda: pool.statistics().busy == 2, what="the quick worker done")
+        release.set()
+        for _ in range(2):
+            assert long_done.acquire(timeout=IO_TIMEOUT)
+        assert pool.statistics().workers <= 3
+    finally:
+        release.set()
         pool.close(timeout=IO_TIMEOUT)
