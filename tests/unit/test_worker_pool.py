@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 from sockserve.concurrency.pool import WorkerPool
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tests.helpers import IO_TIMEOUT, wait_for
 
 
@@ -66,3 +70,46 @@ def test_quick_requests_are_served_while_long_ones_hold_workers() -> None:
     finally:
         release.set()
         pool.close(timeout=IO_TIMEOUT)
+
+
+@settings(max_examples=40, deadline=None)
+@given(max_workers=st.integers(1, 6),
+       requests=st.lists(st.sampled_from(["long", "quick"]), min_size=1, max_size=30),
+       pauses=st.lists(st.booleans(), max_size=30))
+def test_no_request_waits_behind_long_ones_while_a_worker_is_free(
+        max_workers: int, requests: list[str], pauses: list[bool]) -> None:
+    # Whatever the order of submissions (and of the wake-ups they race with): while
+    # fewer long requests block than there are workers, every quick one completes;
+    # the threads never outnumber max_workers; everything completes once released.
+    longs = requests.count("long")
+    release = threading.Event()
+    done = threading.Semaphore(0)
+    peak = [0]
+
+    def run(request: Any, client_address: Any) -> None:
+        peak[0] = max(peak[0], threading.active_count())
+        if request == "long":
+            assert release.wait(IO_TIMEOUT)
+        done.release()
+
+    before = threading.active_count()
+    pool = WorkerPool(run, max_workers=max_workers, max_queue=len(requests))
+    try:
+        for n, request in enumerate(requests):
+            assert pool.submit_nowait(request, n)
+            if n < len(pauses) and pauses[n]:
+                time.sleep(0)  # let the workers run between some submissions
+        if longs < max_workers:
+            for _ in range(len(requests) - longs):
+                assert done.acquire(timeout=IO_TIMEOUT), "a quick request waited"
+            release.set()
+            for _ in range(longs):
+                assert done.acquire(timeout=IO_TIMEOUT)
+        else:
+            release.set()
+            for _ in range(len(requests)):
+                assert done.acquire(timeout=IO_TIMEOUT)
+        assert peak[0] - before <= max_workers
+    finally:
+        release.set()
+        assert pool.close(timeout=IO_TIMEOUT)
