@@ -8,6 +8,7 @@ Reporting the port the kernel picked (port 0) means no free port is ever guessed
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Coroutine
 from typing import Any, NoReturn
@@ -18,11 +19,27 @@ HOST = "127.0.0.1"
 CHUNK = 65536
 
 
-def parser(description: str) -> argparse.ArgumentParser:
-    """An argument parser with the ``--port`` option every peer takes."""
+def parser(description: str, *, all_cpus: bool = False) -> argparse.ArgumentParser:
+    """An argument parser with the ``--port`` option every peer takes, and with
+    *all_cpus* the ``--all-cpus`` option of the pre-forking peers (``parse()``)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any)")
+    if all_cpus:
+        p.add_argument("--all-cpus", action="store_true",
+                       help="run on every CPU instead of the one the driver pinned us to")
     return p
+
+
+def parse(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the command line; with ``--all-cpus``, undo the driver's pinning first.
+
+    Called while this process has one thread: the affinity set here is what every
+    later thread and forked worker inherits (sched_setaffinity(2)).
+    """
+    args = p.parse_args()
+    if getattr(args, "all_cpus", False):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    return args
 
 
 def announce(port: int) -> None:

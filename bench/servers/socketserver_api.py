@@ -17,25 +17,18 @@ from __future__ import annotations
 
 import ast
 import importlib
-import os
 import socket
 
-from _peer import HOST, announce, parser, skip
+from _peer import HOST, announce, parse, parser, skip
 from handlers import make_handlers
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0], all_cpus=True)
     p.add_argument("server", help="MODULE:CLASS, e.g. socketserver:ThreadingTCPServer")
     p.add_argument("attrs", nargs="*", metavar="NAME=VALUE",
                    help="class attribute to set, VALUE a Python literal")
-    p.add_argument("--all-cpus", action="store_true",
-                   help="run on every CPU instead of the one the driver pinned us to")
-    args = p.parse_args()
-    if args.all_cpus:
-        # One thread so far: the affinity set here is what every later thread and
-        # forked worker inherits (sched_setaffinity(2)).
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    args = parse(p)
     module_name, _, class_name = args.server.partition(":")
     try:
         module = importlib.import_module(module_name)

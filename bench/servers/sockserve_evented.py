@@ -13,10 +13,8 @@ Prints its port as the first line, like every bench server.
 
 from __future__ import annotations
 
-import os
-
 import sockserve
-from _peer import HOST, announce, parser
+from _peer import HOST, announce, parse, parser
 
 
 class ChunkEcho(sockserve.MessageRequestHandler):
@@ -35,17 +33,12 @@ class PreForkServer(sockserve.PreForkMixIn, sockserve.EventedMixIn, sockserve.TC
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0], all_cpus=True)
     p.add_argument("--workers", type=int, default=0,
                    help="pre-forked worker processes (default 0: serve in this process)")
     p.add_argument("--reuse-port", action="store_true",
                    help="each worker also listens on a SO_REUSEPORT socket of its own")
-    p.add_argument("--all-cpus", action="store_true",
-                   help="run on every CPU instead of the one the driver pinned us to")
-    args = p.parse_args()
-    if args.all_cpus:
-        # One thread so far: the forked workers inherit this affinity (sched_setaffinity(2)).
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    args = parse(p)
     server_class: type[sockserve.TCPServer] = Server
     if args.workers:
         server_class = type("PreForkServer", (PreForkServer,), {
