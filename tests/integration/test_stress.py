@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
+import threading
 import tracemalloc
 
 import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import connect
+from tests.helpers import IO_TIMEOUT, connect, recv_all
 
 REQUESTS = 100_000
 
@@ -40,3 +41,97 @@ def test_threading_server_memory_stays_flat_over_100k_requests() -> None:
         # A Thread object (with its locks and dict) is over 1 KiB: keeping them would
         # add 100+ MiB here.
         assert after - before < 256 * 1024, (before, after)
+
+
+class Echo(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line)
+
+
+class DatagramEcho(sockserve.DatagramRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.read())
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
+    # 16 clients, each alternating short connections and a persistent one with 200
+    # exchanges, against 8 workers and a queue of 64 ("pause"): everything is echoed,
+    # the pool never has more than 8 threads, and no connection is rejected.
+    class Server(sockserve.ThreadPoolTCPServer):
+        max_workers = 8
+        max_queue = 64
+        request_queue_size = 128
+
+    errors: list[BaseException] = []
+
+    def client(server_address: tuple[str, int], n: int) -> None:
+        try:
+            for round_ in range(20):
+                with connect(server_address) as short:
+                    short.sendall(b"%d %d\n" % (n, round_))
+                    short.shutdown(socket.SHUT_WR)
+                    assert recv_all(short) == b"%d %d\n" % (n, round_)
+                with connect(server_address) as persistent:
+                    replies = persistent.makefile("rb")
+                    for i in range(10):
+                        persistent.sendall(b"%d\n" % i)
+                        assert replies.readline() == b"%d\n" % i
+                    replies.close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Echo)) as server:
+        clients = [threading.Thread(target=client, args=(server.server_address, n))
+                   for n in range(16)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(IO_TIMEOUT * 20)
+        assert not any(t.is_alive() for t in clients)
+        pool = server.statistics().pool
+        assert pool is not None and pool.workers <= 8
+    stats = server.statistics()  # closed: every handler has returned
+    assert errors == []
+    assert stats.pool is not None and stats.pool.completed == 16 * 20 * 2
+    assert stats.rejected == 0
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+def test_udp_thread_pool_answers_every_datagram() -> None:
+    # 8 clients, 2,000 datagrams each, 20 in flight per client: every one answered.
+    class Server(sockserve.ThreadPoolUDPServer):
+        max_workers = 16
+        max_queue = 1024
+
+    def client(server_address: tuple[str, int], n: int, missing: list[int]) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(IO_TIMEOUT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            wanted = set()
+            for i in range(2_000):
+                payload = b"%d:%d" % (n, i)
+                sock.sendto(payload, server_address)
+                wanted.add(payload)
+                if len(wanted) >= 20:
+                    wanted.discard(sock.recv(100))
+            try:
+                while wanted:
+                    wanted.discard(sock.recv(100))
+            finally:
+                missing.append(len(wanted))  # a lost reply: recv() times out
+
+    missing: list[int] = []
+    with serve_in_thread(Server(("127.0.0.1", 0), DatagramEcho)) as server:
+        clients = [threading.Thread(target=client, args=(server.server_address, n, missing))
+                   for n in range(8)]
+        for t in clients:
+            t.start()
+        for t in clients:
+            t.join(IO_TIMEOUT * 20)
+        stats = server.statistics()
+    assert missing == [0] * 8
+    assert stats.pool is not None and stats.pool.workers <= 16
