@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 import sockserve
+from sockserve.address import bind_sockets
 from sockserve.concurrency.prefork import SupervisorStatistics
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
@@ -278,3 +279,26 @@ def test_worker_cpu_affinity_spreads_workers_and_replacements_over_the_cpus() ->
         wait_for(lambda: victim not in server.worker_pids()
                  and cpus_of_workers(server) == expected, what="the replacement on the freed CPU")
         assert int(ask(server.server_address)) in server.worker_pids()
+
+
+def test_own_reuse_port_sockets_keep_a_dual_stack_socket_dual_stack() -> None:
+    try:
+        [sock] = bind_sockets("[::]:0", reuse_port=True)
+    except OSError as exc:
+        pytest.skip(f"no IPv6 here: {exc}")
+    if sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY):
+        sock.close()
+        pytest.skip("no dual-stack sockets here")
+    class Server(sockserve.PreForkTCPServer):
+        workers = 2
+        reuse_port_per_worker = True
+        graceful_timeout = IO_TIMEOUT
+
+    server = Server.from_socket(sock, Pid)
+    port = server.server_address[1]
+    with serve_in_thread(server):
+        wait_for(lambda: listening_sockets(port) == 3, what="the shared socket and two own")
+        # IPv4 clients reach the workers' own IPv6 sockets too: 50 missing one worker
+        # has odds of (2/3)**50.
+        pids = {int(ask(("127.0.0.1", port))) for _ in range(50)}
+        assert pids == set(server.worker_pids())
