@@ -5,12 +5,14 @@ from __future__ import annotations
 import socket
 import threading
 import tracemalloc
+from collections.abc import Callable
 
 import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.integration.test_pool import DatagramEcho, Echo
 
 REQUESTS = 100_000
 
@@ -43,23 +45,22 @@ def test_threading_server_memory_stays_flat_over_100k_requests() -> None:
         assert after - before < 256 * 1024, (before, after)
 
 
-class Echo(sockserve.StreamRequestHandler):
-    def handle(self) -> None:
-        for line in self.rfile:
-            self.wfile.write(line)
-
-
-class DatagramEcho(sockserve.DatagramRequestHandler):
-    def handle(self) -> None:
-        self.wfile.write(self.rfile.read())
+def run_clients(count: int, client: Callable[[int], None]) -> None:
+    """``client(n)`` for n in range(*count*), each on its own thread; all must end."""
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(IO_TIMEOUT * 20)
+    assert not any(thread.is_alive() for thread in threads)
 
 
 @pytest.mark.stress
 @pytest.mark.timeout(600)
 def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
-    # 16 clients, each alternating short connections and a persistent one with 200
-    # exchanges, against 8 workers and a queue of 64 ("pause"): everything is echoed,
-    # the pool never has more than 8 threads, and no connection is rejected.
+    # 16 clients, each doing 20 rounds of a short connection and a persistent one with
+    # 10 exchanges, against 8 workers and a queue of 64 ("pause"): everything is
+    # echoed, the pool never has more than 8 threads, and no connection is rejected.
     class Server(sockserve.ThreadPoolTCPServer):
         max_workers = 8
         max_queue = 64
@@ -67,7 +68,7 @@ def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
 
     errors: list[BaseException] = []
 
-    def client(server_address: tuple[str, int], n: int) -> None:
+    def client(n: int) -> None:
         try:
             for round_ in range(20):
                 with connect(server_address) as short:
@@ -84,13 +85,8 @@ def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
             errors.append(exc)
 
     with serve_in_thread(Server(("127.0.0.1", 0), Echo)) as server:
-        clients = [threading.Thread(target=client, args=(server.server_address, n))
-                   for n in range(16)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join(IO_TIMEOUT * 20)
-        assert not any(t.is_alive() for t in clients)
+        server_address = server.server_address
+        run_clients(16, client)
         pool = server.statistics().pool
         assert pool is not None and pool.workers <= 8
     stats = server.statistics()  # closed: every handler has returned
@@ -107,7 +103,7 @@ def test_udp_thread_pool_answers_every_datagram() -> None:
         max_workers = 16
         max_queue = 1024
 
-    def client(server_address: tuple[str, int], n: int, missing: list[int]) -> None:
+    def client(n: int) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             sock.settimeout(IO_TIMEOUT)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -126,12 +122,8 @@ def test_udp_thread_pool_answers_every_datagram() -> None:
 
     missing: list[int] = []
     with serve_in_thread(Server(("127.0.0.1", 0), DatagramEcho)) as server:
-        clients = [threading.Thread(target=client, args=(server.server_address, n, missing))
-                   for n in range(8)]
-        for t in clients:
-            t.start()
-        for t in clients:
-            t.join(IO_TIMEOUT * 20)
+        server_address = server.server_address
+        run_clients(8, client)
         stats = server.statistics()
     assert missing == [0] * 8
     assert stats.pool is not None and stats.pool.workers <= 16
