@@ -61,7 +61,8 @@ def listening_sockets(port: int, kind: str = "tcp") -> int:
         with open(table) as rows:
             next(rows)
             for row in rows:
-                local, state = row.split()[1], row.split()[3]
+                fields = row.split()
+                local, state = fields[1], fields[3]
                 if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
                     count += 1
     return count
