@@ -67,6 +67,8 @@ TCP_SERVERS = {
     "sockserve_evented_prefork2": "{python} {servers}/sockserve_evented.py --workers 2 --all-cpus",
     "sockserve_evented_prefork2_reuseport":
         "{python} {servers}/sockserve_evented.py --workers 2 --all-cpus --reuse-port",
+    # Unchanged StreamRequestHandler code on greenlets (GreenMixIn): one hub thread.
+    "sockserve_green": API + "sockserve:GreenTCPServer",
     "sockserve_async": "{python} {servers}/sockserve_async.py",
     "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
 }

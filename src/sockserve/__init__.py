@@ -13,6 +13,7 @@ from ._handlers import BaseRequestHandler, DatagramRequestHandler, StreamRequest
 from ._mixins import ThreadingMixIn, ThreadingTCPServer, ThreadingUDPServer
 from ._server import BaseServer, TCPServer, UDPServer
 from ._evented import EventedMixIn, EventedTCPServer, MessageRequestHandler
+from ._green import GreenMixIn, GreenTCPServer
 from ._workers import ThreadPoolMixIn, ThreadPoolTCPServer, ThreadPoolUDPServer
 from .stats import ServerStatistics
 
@@ -26,6 +27,7 @@ __all__ = [
     # sockserve's own
     "ThreadPoolMixIn", "ThreadPoolTCPServer", "ThreadPoolUDPServer", "ServerStatistics",
     "EventedMixIn", "EventedTCPServer", "MessageRequestHandler",
+    "GreenMixIn", "GreenTCPServer",
 ]
 
 if hasattr(_os, "fork"):
@@ -40,10 +42,12 @@ if hasattr(_socket, "AF_UNIX"):
     from ._server import UnixDatagramServer, UnixStreamServer
 
     from ._workers import ThreadPoolUnixDatagramServer, ThreadPoolUnixStreamServer
+    from ._green import GreenUnixStreamServer
 
     __all__ += ["UnixStreamServer", "UnixDatagramServer",
                 "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer",
-                "ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer"]
+                "ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer",
+                "GreenUnixStreamServer"]
     if hasattr(_os, "fork"):
         from ._mixins import ForkingUnixDatagramServer, ForkingUnixStreamServer
         from ._prefork import PreForkUnixDatagramServer, PreForkUnixStreamServer

@@ -13,7 +13,7 @@ from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all
 
 MODELS = [sockserve.TCPServer, sockserve.ThreadingTCPServer, sockserve.ForkingTCPServer,
-          sockserve.ThreadPoolTCPServer, sockserve.PreForkTCPServer]
+          sockserve.ThreadPoolTCPServer, sockserve.PreForkTCPServer, sockserve.GreenTCPServer]
 
 
 class Echo(sockserve.StreamRequestHandler):
@@ -38,7 +38,8 @@ def test_idle_timeout_and_line_limit(server_class: type) -> None:
 
 
 @pytest.mark.parametrize("server_class", [sockserve.ThreadingTCPServer,
-                                          sockserve.ThreadPoolTCPServer])
+                                          sockserve.ThreadPoolTCPServer,
+                                          sockserve.GreenTCPServer])
 def test_reject_and_drain(server_class: type, caplog: pytest.LogCaptureFixture) -> None:
     server = make(server_class, max_connections=1, overload="reject", busy_reply=b"busy\n")
     with caplog.at_level(logging.WARNING, logger="sockserve.server"):

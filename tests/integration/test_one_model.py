@@ -29,6 +29,10 @@ class PreForkPool(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.T
     pass
 
 
+class PreForkGreen(sockserve.PreForkMixIn, sockserve.GreenMixIn, sockserve.TCPServer):
+    pass
+
+
 class PreForkPoolUDP(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.UDPServer):
     pass
 
@@ -40,7 +44,8 @@ def settings(server_class: type) -> dict[str, Any]:
 
 @pytest.mark.parametrize("server_class", [
     sockserve.TCPServer, sockserve.ThreadingTCPServer, sockserve.ForkingTCPServer,
-    sockserve.ThreadPoolTCPServer, sockserve.PreForkTCPServer, PreForkPool])
+    sockserve.ThreadPoolTCPServer, sockserve.PreForkTCPServer, PreForkPool,
+    sockserve.GreenTCPServer, PreForkGreen])
 def test_stream_handler_under_every_model(server_class: type) -> None:
     server = type("Server", (server_class,), settings(server_class))(("127.0.0.1", 0), LineEcho)
     with serve_in_thread(server):

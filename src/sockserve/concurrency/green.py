@@ -1,0 +1,580 @@
+"""A hub thread that runs blocking socket code on greenlets, switching at I/O.
+
+Each connection's handler runs in its own greenlet; its socket is a ``GreenSocket``
+whose blocking calls (``recv``, ``sendall``, and the files ``makefile()`` builds on
+them) switch to the hub when they would block, and resume when epoll reports the
+socket ready.  Unchanged blocking handler code thus serves thousands of connections
+from one thread: an idle connection is a socket, a greenlet and its saved stack.
+
+Readiness is edge-triggered and remembered per socket, as nginx does
+(``ngx_unix_recv``): a read that returns less than asked for has emptied the kernel's
+queue, so the next read waits for the next edge instead of trying a ``recv()`` that
+would fail with EAGAIN.  One request then costs one ``recv()`` and one ``send()``.
+
+Only I/O on these sockets cooperates: other blocking calls in a handler (``time.sleep``,
+a database driver's socket) stop every connection of the hub while they block.
+"""
+
+from __future__ import annotations
+
+import collections
+import errno
+import heapq
+import io
+import itertools
+import logging
+import os
+import select
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+try:
+    from greenlet import getcurrent, greenlet  # type: ignore[import-untyped,unused-ignore]
+except ImportError:  # an optional extra: pip install sockserve[green]
+    greenlet = None
+
+logger = logging.getLogger("sockserve.green")
+
+# Registered once per socket for both directions; EPOLLRDHUP reports a peer's
+# half-close as readable (EOF) even while we only wait to write.
+_WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET \
+    if hasattr(select, "epoll") else 0
+_READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR \
+    if hasattr(select, "epoll") else 0
+_WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR \
+    if hasattr(select, "epoll") else 0
+# The peer closed (or reset): no further edge will come, so reads must always be tried
+# (the FIN waits behind the data a short read returned, and tells nothing new).
+_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR \
+    if hasattr(select, "epoll") else 0
+_TIMED_OUT = object()  # what the hub hands a waiter whose deadline passed
+
+_recv = socket.socket.recv
+_recv_into = socket.socket.recv_into
+_send = socket.socket.send
+
+
+def require_greenlet() -> None:
+    """Raise a clear error where the optional greenlet package is missing."""
+    if greenlet is None:
+        raise RuntimeError("the green model needs the greenlet package: "
+                           "pip install 'sockserve[green]'")
+    if not hasattr(select, "epoll"):
+        raise RuntimeError("the green model needs epoll (Linux)")
+
+
+class _Timers:
+    """Deadlines of waiting greenlets, soonest first; cancelled ones are skipped."""
+
+    def __init__(self) -> None:
+        self._heap: list[list[Any]] = []
+        self._order = itertools.count()
+
+    def add(self, deadline: float, waiter: Any) -> list[Any]:
+        entry = [deadline, next(self._order), waiter]
+        heapq.heappush(self._heap, entry)
+        return entry
+
+    def __len__(self) -> int:
+        return len(self._heap)
+
+    @staticmethod
+    def cancel(entry: list[Any]) -> None:
+        entry[2] = None
+
+    def next_timeout(self, now: float) -> float:
+        """Seconds until the soonest deadline, -1 for none (epoll's "forever")."""
+        heap = self._heap
+        while heap and heap[0][2] is None:
+            heapq.heappop(heap)
+        return max(0.0, heap[0][0] - now) if heap else -1
+
+    def pop_due(self, now: float) -> list[Any]:
+        due = []
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            waiter = heapq.heappop(heap)[2]
+            if waiter is not None:
+                due.append(waiter)
+        return due
+
+
+class Hub:
+    """One thread, one epoll, a greenlet per connection.
+
+    ``submit()`` (any thread) hands over an accepted socket and the function that
+    serves it; the hub thread adopts the socket as a ``GreenSocket`` and runs the
+    function in a new greenlet.  ``close()`` lets the connections end, then stops.
+    """
+
+    def __init__(self, name: str = "sockserve-green-hub") -> None:
+        require_greenlet()
+        self._epoll = select.epoll()
+        self._wakeup = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wakeup, select.EPOLLIN)
+        self._inbox: collections.deque[tuple[Any, Callable[[Any], None]]] = \
+            collections.deque()
+        self._wake_pending = False
+        self._sockets: dict[int, GreenSocket | GreenSSLSocket] = {}
+        self._timers = _Timers()
+        self._running = 0  # greenlets started and not yet returned
+        self._closing = False
+        self._greenlet: Any = None  # the hub thread's own (main) greenlet
+        self.thread_id: int | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def __len__(self) -> int:
+        """Connections being served (greenlets running or waiting)."""
+        return self._running + len(self._inbox)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the hub thread still runs (it stops once closed and empty)."""
+        return self._thread.is_alive()
+
+    # -- any thread ------------------------------------------------------------
+
+    def submit(self, sock: Any, serve: Callable[[Any], None]) -> None:
+        """Serve *sock* by calling ``serve(green_socket)`` in a greenlet on the hub."""
+        if self._closing:
+            raise RuntimeError("the hub is closed")
+        self._inbox.append((sock, serve))
+        self._wake()
+
+    def close(self, wait: bool = True, timeout: float | None = None) -> bool:
+        """Stop once every connection has ended; with *wait*, wait for that.
+
+        Returns False if *timeout* passed first (the hub then stops by itself later).
+        """
+        self._closing = True
+        self._wake()
+        if wait and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            return not self._thread.is_alive()
+        return True
+
+    def _wake(self) -> None:
+        # One eventfd write per batch of submissions; _take_inbox() clears the flag.
+        if not self._wake_pending:
+            self._wake_pending = True
+            os.eventfd_write(self._wakeup, 1)
+
+    # -- the hub thread ----------------------------------------------------------
+
+    def _run(self) -> None:
+        self._greenlet = getcurrent()
+        self.thread_id = threading.get_ident()
+        epoll, sockets, timers = self._epoll, self._sockets, self._timers
+        wakeup = self._wakeup
+        try:
+            while not (self._closing and not len(self)):
+                timeout = timers.next_timeout(time.monotonic()) if timers else -1
+                for fd, events in epoll.poll(timeout):
+                    if fd == wakeup:
+                        self._take_inbox()
+                        continue
+                    sock = sockets.get(fd)
+                    if sock is None:
+                        continue
+                    if events & _READABLE:
+                        sock._readable = True
+                        if events & _CLOSED:
+                            sock._short_read_empties = False
+                    if events & _WRITABLE:
+                        sock._writable = True
+                    waiter = sock._waiter
+                    if waiter is not None and \
+                            (sock._writable if sock._wants_write else sock._readable):
+                        sock._waiter = None
+                        waiter.switch()
+                if timers:
+                    for waiter in timers.pop_due(time.monotonic()):
+                        waiter.switch(_TIMED_OUT)
+        except BaseException:
+            logger.critical("the green hub failed; its connections are abandoned",
+                            exc_info=True)
+            raise
+        finally:
+            epoll.close()
+            os.close(wakeup)
+
+    def _take_inbox(self) -> None:
+        # In this order: a submit() that saw _wake_pending still set appended its
+        # socket before the flag is cleared here, so the loop below takes it; one
+        # that sees it clear writes again.  (Clearing first, then reading, could
+        # swallow that write and leave the flag set with nobody to clear it.)
+        try:
+            os.eventfd_read(self._wakeup)
+        except BlockingIOError:
+            pass
+        self._wake_pending = False
+        inbox = self._inbox
+        while inbox:
+            sock, serve = inbox.popleft()
+            self._running += 1
+            try:
+                green = adopt(sock, self)
+            except BaseException:
+                self._running -= 1
+                raise
+            greenlet(self._serve, parent=self._greenlet).switch(green, serve)
+
+    def _serve(self, sock: Any, serve: Callable[[Any], None]) -> None:
+        try:
+            serve(sock)
+        except BaseException:  # serve() reports its own errors; this is a last resort
+            logger.exception("a green connection ended with an unhandled error")
+        finally:
+            self._running -= 1
+
+    def watch(self, sock: GreenSocket | GreenSSLSocket) -> None:
+        fd = sock.fileno()
+        self._epoll.register(fd, _WATCH)
+        self._sockets[fd] = sock
+
+    def forget(self, sock: Any) -> None:
+        """Stop watching *sock* (about to be closed or detached); any thread."""
+        fd = sock.fileno()
+        if self._sockets.pop(fd, None) is not None:
+            try:
+                self._epoll.unregister(fd)
+            except (OSError, ValueError):
+                pass  # the hub has stopped, or the descriptor is gone already
+
+    def wait(self, sock: Any, write: bool, timeout: float | None) -> None:
+        """Block the calling greenlet until *sock* is ready, at most *timeout* seconds.
+
+        Outside the hub thread (a handler's helper thread using the socket) this
+        blocks that thread with poll(), as a plain socket would.
+
+        Raises:
+            TimeoutError: *timeout* passed first.
+        """
+        if timeout is not None and timeout <= 0:
+            raise TimeoutError("timed out")
+        current = getcurrent()
+        if current.parent is not self._greenlet:  # not a connection's greenlet
+            _poll_wait(sock, write, timeout)
+            return
+        sock._waiter = current
+        sock._wants_write = write
+        timer = None if timeout is None else \
+            self._timers.add(time.monotonic() + timeout, sock._waiter)
+        try:
+            outcome = self._greenlet.switch()
+        finally:
+            sock._waiter = None
+            if timer is not None:
+                _Timers.cancel(timer)
+        if outcome is _TIMED_OUT:
+            raise TimeoutError("timed out")
+
+
+def _poll_wait(sock: Any, write: bool, timeout: float | None) -> None:
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
+    if not poller.poll(None if timeout is None else timeout * 1000):
+        raise TimeoutError("timed out")
+    if write:
+        sock._writable = True
+    else:
+        sock._readable = True
+
+
+def _check_timeout(value: float | None) -> float | None:
+    if value is None:
+        return None
+    value = float(value)
+    if value < 0:
+        raise ValueError("Timeout value out of range")
+    return value
+
+
+class _Cooperative:
+    """What both green socket kinds share: the timeout the handler sees, while the
+    descriptor itself stays non-blocking, and the readiness the hub last saw."""
+
+    if not TYPE_CHECKING:  # (mypy would take it for the attributes' only home)
+        __slots__ = ()  # GreenSocket's slots or GreenSSLSocket's __dict__ hold them
+    _hub: Hub
+    _green_timeout: float | None
+    _readable: bool
+    _writable: bool
+    _short_read_empties: bool
+    _waiter: Any
+    _wants_write: bool
+
+    def _green_init(self, hub: Hub, timeout: float | None) -> None:
+        self._hub = hub
+        self._green_timeout = timeout
+        self._readable = self._writable = True
+        # TCP returns less than asked only once its queue is empty (tcp_recvmsg); a
+        # Unix socket also stops between writers or at passed descriptors.
+        self._short_read_empties = getattr(self, "family", None) in (socket.AF_INET,
+                                                                      socket.AF_INET6)
+        self._waiter = None
+        self._wants_write = False
+
+    def settimeout(self, value: float | None) -> None:
+        self._green_timeout = _check_timeout(value)
+
+    def gettimeout(self) -> float | None:
+        return self._green_timeout
+
+    def setblocking(self, flag: bool) -> None:
+        self._green_timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._green_timeout != 0.0
+
+    def _wait(self, write: bool, deadline: float | None) -> None:
+        timeout = self._green_timeout
+        if timeout == 0.0:
+            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+        self._hub.wait(self, write, timeout)
+
+    def _deadline(self) -> float | None:
+        timeout = self._green_timeout
+        return None if not timeout else time.monotonic() + timeout
+
+
+class GreenSocket(_Cooperative, socket.socket):
+    """A connected stream socket whose blocking calls yield to the hub."""
+
+    __slots__ = ("_hub", "_green_timeout", "_readable", "_writable", "_short_read_empties",
+                 "_waiter", "_wants_write")
+
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        while True:
+            if self._readable or self._green_timeout == 0.0:
+                try:
+                    data = _recv(self, bufsize, flags)
+                except BlockingIOError:
+                    self._readable = False
+                else:
+                    if 0 < len(data) < bufsize and self._short_read_empties and not flags:
+                        self._readable = False  # a short read emptied the queue
+                    return data
+            self._wait(False, None)
+
+    def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        while True:
+            if self._readable or self._green_timeout == 0.0:
+                try:
+                    count = _recv_into(self, buffer, nbytes, flags)
+                except BlockingIOError:
+                    self._readable = False
+                else:
+                    # len() of a buffer is at most its size in bytes: "short" is sure.
+                    if count and count < (nbytes or len(buffer)) and \
+                            self._short_read_empties and not flags:
+                        self._readable = False  # a short read emptied the queue
+                    return count
+            self._wait(False, None)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        while True:
+            if self._writable or self._green_timeout == 0.0:
+                try:
+                    return _send(self, data, flags)
+                except BlockingIOError:
+                    self._writable = False
+            self._wait(True, None)
+
+    def sendall(self, data: Any, flags: int = 0) -> None:
+        sent = 0
+        if self._writable and type(data) is bytes:  # the usual case: one send() does
+            try:
+                sent = _send(self, data, flags)
+            except BlockingIOError:
+                self._writable = False
+            else:
+                if sent == len(data):
+                    return
+                self._writable = False  # a short send: the kernel's buffer is full
+        deadline = self._deadline()  # for the whole call, as socket.sendall (3.5+)
+        with memoryview(data) as view, view.cast("B") as whole:
+            remaining = whole[sent:]
+            while remaining:
+                if self._writable:
+                    try:
+                        sent = _send(self, remaining, flags)
+                    except BlockingIOError:
+                        self._writable = False
+                        continue
+                    remaining = remaining[sent:]
+                else:
+                    self._wait(True, deadline)
+
+    def makefile(self, mode: str = "r", buffering: int | None = None,
+                 **kwargs: Any) -> Any:
+        file = super().makefile(mode, buffering, **kwargs)  # type: ignore[call-overload]
+        if type(file) is io.BufferedReader:  # "rb", buffered: see _GreenReader
+            size = buffering if buffering is not None and buffering > 0 else \
+                io.DEFAULT_BUFFER_SIZE
+            raw = file.detach()
+            raw.__class__ = _GreenSocketIO
+            file = _GreenReader(raw, size)
+        return file
+
+    def _other(self, write: bool, call: Callable[..., Any], *args: Any) -> Any:
+        """Any other I/O call: try it, wait on EAGAIN."""
+        while True:
+            try:
+                return call(self, *args)
+            except BlockingIOError:
+                if write:
+                    self._writable = False
+                else:
+                    self._readable = False
+            self._wait(write, None)
+
+    def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
+        return self._other(False, socket.socket.recvfrom, bufsize, flags)
+
+    def recvfrom_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> Any:
+        return self._other(False, socket.socket.recvfrom_into, buffer, nbytes, flags)
+
+    def recvmsg(self, *args: Any) -> Any:
+        return self._other(False, socket.socket.recvmsg, *args)
+
+    def recvmsg_into(self, *args: Any) -> Any:
+        return self._other(False, socket.socket.recvmsg_into, *args)
+
+    def sendto(self, *args: Any) -> Any:
+        return self._other(True, socket.socket.sendto, *args)
+
+    def sendmsg(self, *args: Any) -> Any:
+        return self._other(True, socket.socket.sendmsg, *args)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        # socket.sendfile() waits with its own selector, which would stop the hub.
+        return self._sendfile_use_send(file, offset, count)
+
+    def _sendfile_use_send(self, file: Any, offset: int = 0,
+                           count: int | None = None) -> int:
+        self._check_sendfile_params(file, offset, count)  # type: ignore[attr-defined]
+        if offset:
+            file.seek(offset)
+        total = 0
+        while count is None or total < count:
+            chunk = file.read(min(65536, count - total) if count is not None else 65536)
+            if not chunk:
+                break
+            self.sendall(chunk)
+            total += len(chunk)
+        if total and hasattr(file, "seek"):
+            file.seek(offset + total)
+        return total
+
+    def detach(self) -> int:
+        self._hub.forget(self)
+        return super().detach()
+
+    def close(self) -> None:
+        if self.fileno() >= 0:
+            self._hub.forget(self)
+        super().close()
+
+
+class GreenSSLSocket(_Cooperative, ssl.SSLSocket):
+    """A TLS connection (handshake done) whose blocking calls yield to the hub.
+
+    TLS may hold decrypted bytes the kernel no longer has, so reads are always tried
+    and only ``SSLWantReadError``/``SSLWantWriteError`` make them wait.
+    """
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        while True:
+            try:
+                return super().read(len, buffer)
+            except ssl.SSLWantReadError:
+                self._readable = False
+                self._wait_until(False)
+            except ssl.SSLWantWriteError:
+                self._writable = False
+                self._wait_until(True)
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        while True:
+            try:
+                return super().send(data, flags)
+            except ssl.SSLWantReadError:
+                self._readable = False
+                self._wait_until(False)
+            except ssl.SSLWantWriteError:
+                self._writable = False
+                self._wait_until(True)
+
+    def write(self, data: Any) -> int:
+        return self.send(data)
+
+    def _wait_until(self, write: bool) -> None:
+        if not (self._writable if write else self._readable):
+            self._wait(write, None)
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        return GreenSocket._sendfile_use_send(self, file, offset, count)  # type: ignore[arg-type]
+
+    def detach(self) -> int:
+        self._hub.forget(self)
+        return super().detach()
+
+    def close(self) -> None:
+        if self.fileno() >= 0:
+            self._hub.forget(self)
+        super().close()
+
+
+class _GreenSocketIO(socket.SocketIO):
+    """SocketIO with the checks it repeats on every call done once, for speed."""
+
+    def readinto(self, b: Any) -> int | None:
+        if self._timeout_occurred:  # type: ignore[has-type]
+            raise OSError("cannot read from timed out object")
+        try:
+            return self._sock.recv_into(b)  # type: ignore[attr-defined, no-any-return]
+        except TimeoutError:
+            self._timeout_occurred = True
+            raise
+        except BlockingIOError:
+            return None  # a non-blocking socket, as SocketIO
+
+
+class _GreenReader(io.BufferedReader):
+    """``makefile("rb")`` for a green socket: ``read1(n)`` waits for data before
+    it allocates its *n*-byte result (C's BufferedReader allocates first), so an idle
+    connection does not hold a ``read1(65536)``'s 64 KiB while it waits."""
+
+    def read1(self, size: int = -1) -> bytes:
+        self.peek(1)  # waits, then reads into our own buffer
+        return super().read1(size)
+
+
+def adopt(sock: Any, hub: Hub) -> GreenSocket | GreenSSLSocket:
+    """*sock* as a green socket on *hub*: same descriptor, handler-visible timeout kept.
+
+    A plain socket's descriptor moves to a new ``GreenSocket`` (``sock`` is detached);
+    a TLS socket changes class in place, keeping its TLS state.
+    """
+    timeout = sock.gettimeout()
+    green: GreenSocket | GreenSSLSocket
+    if isinstance(sock, ssl.SSLSocket):
+        sock.settimeout(0.0)
+        sock.__class__ = GreenSSLSocket
+        green = sock  # type: ignore[assignment]
+    elif type(sock) is socket.socket:
+        sock.setblocking(False)
+        green = GreenSocket(sock.family, sock.type, sock.proto, sock.detach())
+    else:
+        raise TypeError(f"the green model serves sockets, not {type(sock).__name__}")
+    green._green_init(hub, timeout)
+    hub.watch(green)
+    return green

@@ -1,0 +1,305 @@
+"""The green model: unchanged blocking handlers, every connection on one hub thread."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import ssl
+import tempfile
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import sockserve
+from sockserve.concurrency import green
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all
+
+pytest.importorskip("greenlet")
+
+
+class LineEcho(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        for line in self.rfile:
+            self.wfile.write(line.upper())
+
+
+class RawEcho(sockserve.BaseRequestHandler):
+    """Uses the socket itself, as many socketserver handlers do."""
+
+    def handle(self) -> None:
+        while data := self.request.recv(4096):
+            self.request.sendall(data)
+
+
+def make(handler: type, server_class: type = sockserve.GreenTCPServer,
+         address: Any = ("127.0.0.1", 0), **settings: Any) -> Any:
+    settings.setdefault("request_queue_size", 256)
+    return type("Server", (server_class,), settings)(address, handler)
+
+
+@pytest.mark.parametrize("handler", [LineEcho, RawEcho])
+def test_many_connections_share_one_hub_thread(handler: type) -> None:
+    """200 clients open at once, each answered in turn, all from one thread."""
+    threads_before = threading.active_count()
+    with serve_in_thread(make(handler)) as server:
+        clients = [connect(server.server_address) for _ in range(200)]
+        try:
+            for number, client in enumerate(clients):  # all connected and waiting
+                client.sendall(b"client %d\n" % number)
+            for number, client in reversed(list(enumerate(clients))):
+                expected = (b"CLIENT %d\n" if handler is LineEcho else b"client %d\n") % number
+                assert client.recv(100) == expected
+            # the serving loop and the hub: no thread per connection
+            assert threading.active_count() - threads_before == 2
+        finally:
+            for client in clients:
+                client.close()
+
+
+def test_large_replies_to_a_slow_reader_do_not_stop_the_others() -> None:
+    """sendall() to a client that does not read waits in its greenlet only."""
+    payload = os.urandom(4 << 20)
+
+    class Big(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(payload if line == b"big\n" else line)
+
+    with serve_in_thread(make(Big)) as server:
+        with connect(server.server_address) as slow, connect(server.server_address) as quick:
+            slow.sendall(b"big\n")  # its reply fills the socket buffers and waits
+            quick.sendall(b"hello\nagain\n")
+            quick.shutdown(socket.SHUT_WR)
+            assert recv_all(quick) == b"hello\nagain\n"
+            slow.shutdown(socket.SHUT_WR)
+            assert recv_all(slow) == payload
+
+
+def test_read1_returns_large_messages_whole_in_pieces() -> None:
+    """The green rfile's read1() (which waits before it allocates) loses nothing."""
+    message = os.urandom(300_000)
+
+    class Read1Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            while data := self.rfile.read1(65536):
+                self.wfile.write(data)
+
+    with serve_in_thread(make(Read1Echo)) as server, connect(server.server_address) as client:
+        client.sendall(message)
+        client.shutdown(socket.SHUT_WR)
+        assert recv_all(client) == message
+
+
+def test_handler_timeout_ends_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
+    """A socket timeout works as on a thread: TimeoutError, logged, that one closed."""
+
+    class Impatient(LineEcho):
+        def handle(self) -> None:
+            if self.rfile.readline() == b"impatient\n":
+                self.connection.settimeout(0.1)
+            super().handle()
+
+    with caplog.at_level(logging.ERROR, logger="sockserve.server"):
+        with serve_in_thread(make(Impatient)) as server:
+            with connect(server.server_address) as silent, \
+                    connect(server.server_address) as talker:
+                silent.sendall(b"impatient\n")
+                talker.sendall(b"patient\nhi\n")
+                assert talker.recv(10) == b"HI\n"
+                assert recv_all(silent) == b""  # timed out and closed
+                talker.sendall(b"still here\n")
+                assert talker.recv(20) == b"STILL HERE\n"
+    assert any(record.exc_info and record.exc_info[0] is TimeoutError
+               for record in caplog.records)
+
+
+def test_socket_timeouts_and_non_blocking_calls_behave_as_on_a_plain_socket() -> None:
+    seen: dict[str, Any] = {}
+    ready, done = threading.Event(), threading.Event()
+
+    class Probe(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            sock = self.request
+            seen["initial"] = sock.gettimeout()
+            sock.setblocking(False)
+            seen["blocking"] = sock.getblocking()
+            try:
+                sock.recv(10)
+            except BlockingIOError:
+                seen["nonblocking"] = "would block"
+            sock.settimeout(0.05)
+            try:
+                sock.recv(10)
+            except TimeoutError:
+                seen["timeout"] = "timed out"
+            with pytest.raises(ValueError):
+                sock.settimeout(-1)
+            sock.settimeout(None)
+            ready.set()
+            seen["data"] = sock.recv(10)
+            done.set()
+
+    with serve_in_thread(make(Probe)) as server, connect(server.server_address) as client:
+        assert ready.wait(IO_TIMEOUT)  # only now: the first reads must find nothing
+        client.sendall(b"ok")
+        assert done.wait(IO_TIMEOUT)
+    assert seen == {"initial": None, "blocking": False, "nonblocking": "would block",
+                    "timeout": "timed out", "data": b"ok"}
+
+
+def test_errors_in_one_handler_leave_the_others_serving(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Fragile(LineEcho):
+        def handle(self) -> None:
+            if self.rfile.readline() == b"crash\n":
+                raise RuntimeError("boom")
+            super().handle()
+
+    with caplog.at_level(logging.ERROR, logger="sockserve.server"):
+        with serve_in_thread(make(Fragile)) as server:
+            with connect(server.server_address) as good, \
+                    connect(server.server_address) as bad:
+                good.sendall(b"first\n")
+                bad.sendall(b"crash\n")
+                assert recv_all(bad) == b""
+                good.sendall(b"second\n")
+                assert good.recv(20) == b"SECOND\n"
+    assert "boom" in caplog.text
+
+
+def test_shutdown_from_a_handler_does_not_deadlock() -> None:
+    class Stopper(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.server.shutdown()
+            self.wfile.write(b"stopping\n")
+
+    server = make(Stopper)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        with connect(server.server_address) as client:
+            client.sendall(b"stop\n")
+            assert recv_all(client) == b"stopping\n"
+        loop.join(IO_TIMEOUT)
+        assert not loop.is_alive()
+    finally:
+        server.server_close()
+
+
+def test_server_close_waits_for_open_connections_then_stops_the_hub() -> None:
+    server = make(LineEcho)
+    loop = threading.Thread(target=server.serve_forever)
+    loop.start()
+    client = connect(server.server_address)
+    try:
+        client.sendall(b"a\n")
+        assert client.recv(10) == b"A\n"
+        server.shutdown()  # the loop stops; the connection is still served, as a thread
+        loop.join(IO_TIMEOUT)
+        client.sendall(b"b\n")
+        assert client.recv(10) == b"B\n"
+        closer = threading.Thread(target=server.server_close)
+        closer.start()
+        closer.join(0.1)
+        assert closer.is_alive()  # block_on_close: waits for the open connection
+        client.sendall(b"c\n")
+        assert client.recv(10) == b"C\n"
+    finally:
+        client.close()
+    closer.join(IO_TIMEOUT)
+    assert not closer.is_alive() and not server.hub.alive
+
+
+def test_drain_cuts_idle_connections_at_the_deadline() -> None:
+    server = make(LineEcho)
+    with serve_in_thread(server):
+        with connect(server.server_address) as idle, connect(server.server_address) as busy:
+            busy.sendall(b"x\n")
+            assert busy.recv(10) == b"X\n"
+            report = server.drain(0.1)
+            assert recv_all(idle) == b"" and recv_all(busy) == b""
+    assert (report.open, report.cut) == (2, 2)
+
+
+@pytest.fixture
+def tls_pair() -> Iterator[tuple[ssl.SSLContext, ssl.SSLContext]]:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    yield server_ctx, client_ctx(ca)
+
+
+def test_tls_connections_are_served_on_the_hub(
+        tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    server_ctx, client = tls_pair
+    message = os.urandom(200_000)  # several TLS records each way
+
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"%d\n" % len(self.rfile.readline()))
+            while data := self.rfile.read1(65536):
+                self.wfile.write(data)
+
+    with serve_in_thread(make(Echo, ssl_context=server_ctx)) as server:
+        tls_clients = [client.wrap_socket(connect(server.server_address),
+                                          server_hostname="localhost") for _ in range(3)]
+        try:
+            for tls in tls_clients:
+                tls.sendall(b"hello\n")
+            for tls in tls_clients:
+                assert tls.recv(10) == b"6\n"
+            tls = tls_clients[0]
+            tls.sendall(message)
+            received = b""
+            while len(received) < len(message):
+                received += tls.recv(65536)
+            assert received == message
+        finally:
+            for tls in tls_clients:
+                tls.close()
+
+
+def test_unix_stream_server() -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "green.sock")
+        with serve_in_thread(make(LineEcho, sockserve.GreenUnixStreamServer, path)):
+            with connect(path, socket.AF_UNIX) as client:
+                client.sendall(b"unix\n")
+                client.shutdown(socket.SHUT_WR)
+                assert recv_all(client) == b"UNIX\n"
+
+
+def test_sendfile_is_cooperative() -> None:
+    content = os.urandom(1 << 20)
+
+    class FileSender(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            with tempfile.TemporaryFile() as file:
+                file.write(content)
+                file.seek(0)
+                assert self.request.sendfile(file) == len(content)
+
+    with serve_in_thread(make(FileSender)) as server, connect(server.server_address) as client:
+        assert recv_all(client) == content
+
+
+def test_datagram_servers_are_refused() -> None:
+    class GreenUDP(sockserve.GreenMixIn, sockserve.UDPServer):
+        pass
+
+    with GreenUDP(("127.0.0.1", 0), sockserve.DatagramRequestHandler) as server:
+        with pytest.raises(TypeError, match="stream"):
+            server.serve_forever()
+
+
+def test_missing_greenlet_gives_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(green, "greenlet", None)
+    with make(LineEcho) as server:
+        with pytest.raises(RuntimeError, match=r"sockserve\[green\]"):
+            server.serve_forever()
