@@ -151,6 +151,26 @@ def test_socket_timeouts_and_non_blocking_calls_behave_as_on_a_plain_socket() ->
                     "timeout": "timed out", "data": b"ok"}
 
 
+def test_sendall_to_a_client_that_does_not_read_times_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The timeout covers the whole sendall(), as on a plain socket (Python 3.5+)."""
+    finished = threading.Event()
+
+    class Flood(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(0.2)
+            try:
+                self.request.sendall(b"x" * (32 << 20))
+            finally:
+                finished.set()
+
+    with caplog.at_level(logging.ERROR, logger="sockserve.server"):
+        with serve_in_thread(make(Flood)) as server, connect(server.server_address):
+            assert finished.wait(IO_TIMEOUT)
+    assert any(record.exc_info and record.exc_info[0] is TimeoutError
+               for record in caplog.records)
+
+
 def test_errors_in_one_handler_leave_the_others_serving(
         caplog: pytest.LogCaptureFixture) -> None:
     class Fragile(LineEcho):

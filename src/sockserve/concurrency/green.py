@@ -124,7 +124,6 @@ class Hub:
         self._running = 0  # greenlets started and not yet returned
         self._closing = False
         self._greenlet: Any = None  # the hub thread's own (main) greenlet
-        self.thread_id: int | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
@@ -168,7 +167,6 @@ class Hub:
 
     def _run(self) -> None:
         self._greenlet = getcurrent()
-        self.thread_id = threading.get_ident()
         epoll, sockets, timers = self._epoll, self._sockets, self._timers
         wakeup = self._wakeup
         try:
@@ -253,9 +251,12 @@ class Hub:
         blocks that thread with poll(), as a plain socket would.
 
         Raises:
+            BlockingIOError: *timeout* is 0.0 (a non-blocking socket).
             TimeoutError: *timeout* passed first.
         """
         if timeout is not None and timeout <= 0:
+            if timeout == 0.0:
+                raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
             raise TimeoutError("timed out")
         current = getcurrent()
         if current.parent is not self._greenlet:  # not a connection's greenlet
@@ -332,17 +333,44 @@ class _Cooperative:
     def getblocking(self) -> bool:
         return self._green_timeout != 0.0
 
-    def _wait(self, write: bool, deadline: float | None) -> None:
-        timeout = self._green_timeout
-        if timeout == 0.0:
-            raise BlockingIOError(errno.EAGAIN, "Resource temporarily unavailable")
-        if deadline is not None:
-            timeout = deadline - time.monotonic()
-        self._hub.wait(self, write, timeout)
-
     def _deadline(self) -> float | None:
         timeout = self._green_timeout
         return None if not timeout else time.monotonic() + timeout
+
+    def makefile(self, mode: str = "r", buffering: int | None = None,
+                 **kwargs: Any) -> Any:
+        file = super().makefile(mode, buffering, **kwargs)  # type: ignore[misc]
+        if type(file) is io.BufferedReader:  # "rb", buffered: see _GreenReader
+            size = buffering if buffering is not None and buffering > 0 else \
+                io.DEFAULT_BUFFER_SIZE
+            raw = file.detach()
+            raw.__class__ = _GreenSocketIO
+            file = _GreenReader(raw, size)
+        return file
+
+    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
+        """Send *file* with ``sendall()`` (``socket.sendfile()`` waits on a selector of
+        its own, which would stop the hub)."""
+        self._check_sendfile_params(file, offset, count)  # type: ignore[attr-defined]
+        if offset:
+            file.seek(offset)
+        total = 0
+        while count is None or total < count:
+            chunk = file.read(65536 if count is None else min(65536, count - total))
+            if not chunk:
+                break
+            self.sendall(chunk)  # type: ignore[attr-defined]
+            total += len(chunk)
+        return total
+
+    def detach(self) -> int:
+        self._hub.forget(self)
+        return super().detach()  # type: ignore[misc, no-any-return]
+
+    def close(self) -> None:
+        if self.fileno() >= 0:  # type: ignore[attr-defined]
+            self._hub.forget(self)
+        super().close()  # type: ignore[misc]
 
 
 class GreenSocket(_Cooperative, socket.socket):
@@ -362,7 +390,7 @@ class GreenSocket(_Cooperative, socket.socket):
                     if 0 < len(data) < bufsize and self._short_read_empties and not flags:
                         self._readable = False  # a short read emptied the queue
                     return data
-            self._wait(False, None)
+            self._hub.wait(self, False, self._green_timeout)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
         while True:
@@ -377,7 +405,7 @@ class GreenSocket(_Cooperative, socket.socket):
                             self._short_read_empties and not flags:
                         self._readable = False  # a short read emptied the queue
                     return count
-            self._wait(False, None)
+            self._hub.wait(self, False, self._green_timeout)
 
     def send(self, data: Any, flags: int = 0) -> int:
         while True:
@@ -386,7 +414,7 @@ class GreenSocket(_Cooperative, socket.socket):
                     return _send(self, data, flags)
                 except BlockingIOError:
                     self._writable = False
-            self._wait(True, None)
+            self._hub.wait(self, True, self._green_timeout)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
         sent = 0
@@ -410,19 +438,13 @@ class GreenSocket(_Cooperative, socket.socket):
                         self._writable = False
                         continue
                     remaining = remaining[sent:]
+                elif deadline is None:
+                    self._hub.wait(self, True, self._green_timeout)
                 else:
-                    self._wait(True, deadline)
-
-    def makefile(self, mode: str = "r", buffering: int | None = None,
-                 **kwargs: Any) -> Any:
-        file = super().makefile(mode, buffering, **kwargs)  # type: ignore[call-overload]
-        if type(file) is io.BufferedReader:  # "rb", buffered: see _GreenReader
-            size = buffering if buffering is not None and buffering > 0 else \
-                io.DEFAULT_BUFFER_SIZE
-            raw = file.detach()
-            raw.__class__ = _GreenSocketIO
-            file = _GreenReader(raw, size)
-        return file
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError("timed out")
+                    self._hub.wait(self, True, left)
 
     def _other(self, write: bool, call: Callable[..., Any], *args: Any) -> Any:
         """Any other I/O call: try it, wait on EAGAIN."""
@@ -434,7 +456,7 @@ class GreenSocket(_Cooperative, socket.socket):
                     self._writable = False
                 else:
                     self._readable = False
-            self._wait(write, None)
+            self._hub.wait(self, write, self._green_timeout)
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
         return self._other(False, socket.socket.recvfrom, bufsize, flags)
@@ -454,35 +476,6 @@ class GreenSocket(_Cooperative, socket.socket):
     def sendmsg(self, *args: Any) -> Any:
         return self._other(True, socket.socket.sendmsg, *args)
 
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        # socket.sendfile() waits with its own selector, which would stop the hub.
-        return self._sendfile_use_send(file, offset, count)
-
-    def _sendfile_use_send(self, file: Any, offset: int = 0,
-                           count: int | None = None) -> int:
-        self._check_sendfile_params(file, offset, count)  # type: ignore[attr-defined]
-        if offset:
-            file.seek(offset)
-        total = 0
-        while count is None or total < count:
-            chunk = file.read(min(65536, count - total) if count is not None else 65536)
-            if not chunk:
-                break
-            self.sendall(chunk)
-            total += len(chunk)
-        if total and hasattr(file, "seek"):
-            file.seek(offset + total)
-        return total
-
-    def detach(self) -> int:
-        self._hub.forget(self)
-        return super().detach()
-
-    def close(self) -> None:
-        if self.fileno() >= 0:
-            self._hub.forget(self)
-        super().close()
-
 
 class GreenSSLSocket(_Cooperative, ssl.SSLSocket):
     """A TLS connection (handshake done) whose blocking calls yield to the hub.
@@ -497,10 +490,10 @@ class GreenSSLSocket(_Cooperative, ssl.SSLSocket):
                 return super().read(len, buffer)
             except ssl.SSLWantReadError:
                 self._readable = False
-                self._wait_until(False)
+                self._hub.wait(self, False, self._green_timeout)
             except ssl.SSLWantWriteError:
                 self._writable = False
-                self._wait_until(True)
+                self._hub.wait(self, True, self._green_timeout)
 
     def send(self, data: Any, flags: int = 0) -> int:
         while True:
@@ -508,29 +501,13 @@ class GreenSSLSocket(_Cooperative, ssl.SSLSocket):
                 return super().send(data, flags)
             except ssl.SSLWantReadError:
                 self._readable = False
-                self._wait_until(False)
+                self._hub.wait(self, False, self._green_timeout)
             except ssl.SSLWantWriteError:
                 self._writable = False
-                self._wait_until(True)
+                self._hub.wait(self, True, self._green_timeout)
 
     def write(self, data: Any) -> int:
         return self.send(data)
-
-    def _wait_until(self, write: bool) -> None:
-        if not (self._writable if write else self._readable):
-            self._wait(write, None)
-
-    def sendfile(self, file: Any, offset: int = 0, count: int | None = None) -> int:
-        return GreenSocket._sendfile_use_send(self, file, offset, count)  # type: ignore[arg-type]
-
-    def detach(self) -> int:
-        self._hub.forget(self)
-        return super().detach()
-
-    def close(self) -> None:
-        if self.fileno() >= 0:
-            self._hub.forget(self)
-        super().close()
 
 
 class _GreenSocketIO(socket.SocketIO):
