@@ -21,7 +21,7 @@ from .runner import inherited_listen_fds, run
 
 logger = logging.getLogger("sockserve.cli")
 
-MODELS = ("serial", "threads", "pool", "prefork")
+MODELS = ("serial", "threads", "pool", "prefork", "green")
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -127,8 +127,11 @@ def server_class_for(sock: socket.socket, model: str) -> type:
     stream = sock.type == socket.SOCK_STREAM
     unix = sock.family == getattr(socket, "AF_UNIX", None)
     kind = ("UnixStream" if stream else "UnixDatagram") if unix else ("TCP" if stream else "UDP")
+    if model == "green" and not stream:
+        raise SockServeError("--model green serves stream sockets (TCP, Unix); "
+                             "use pool or prefork for datagrams")
     prefix = {"serial": "", "threads": "Threading", "pool": "ThreadPool",
-              "prefork": "PreFork"}[model]
+              "prefork": "PreFork", "green": "Green"}[model]
     cls: type = getattr(sockserve, f"{prefix}{kind}Server")
     if model == "prefork":  # each worker gets a pool
         cls = type(cls.__name__, (sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn,
@@ -152,11 +155,11 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
         if len(kinds) > 1:
             raise SockServeError("one server serves one kind of socket: do not mix TCP, "
                                  "UDP and Unix addresses")
+        model_class = server_class_for(socks[0], args.model)
     except BaseException:
         for sock in socks:
             sock.close()
         raise
-    sock = socks[0]
     settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
                                 "reuse_port_per_worker": args.reuse_port,
                                 "worker_cpu_affinity": args.cpu_affinity,
@@ -165,7 +168,7 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
                  "connection_lifetime", "drain_timeout", "max_connections_per_ip"):
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
-    server_class: Any = production(server_class_for(sock, args.model), **settings)
+    server_class: Any = production(model_class, **settings)
     server = server_class.from_sockets(socks, handler)
     if args.allow or args.deny:
         server.access_list = AccessList.from_strings(args.allow, args.deny)

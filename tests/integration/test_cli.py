@@ -123,3 +123,9 @@ def test_serve_on_a_unix_socket_with_mode(tmp_path: Path) -> None:
         proc.kill()
         proc.wait(10)
         proc.stdout.close()
+
+
+def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["echo", "--udp", "--host", "127.0.0.1", "--port", "0",
+                 "--model", "green"]) != 0
+    assert "--model green serves stream sockets" in capsys.readouterr().err

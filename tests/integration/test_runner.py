@@ -91,8 +91,9 @@ def ask_pid(address: Any) -> int:
     return int(reply)
 
 
-def test_sigterm_drains_the_request_in_flight(service: Any) -> None:
-    svc = service("tests.integration.apps:TwoLines", "--model", "pool")
+@pytest.mark.parametrize("model", ["pool", "green"])
+def test_sigterm_drains_the_request_in_flight(service: Any, model: str) -> None:
+    svc = service("tests.integration.apps:TwoLines", "--model", model)
     with connect(svc.address) as client:
         client.sendall(b"one\n")
         assert client.makefile("rb").readline() == b"started\n"
