@@ -69,6 +69,10 @@ TCP_SERVERS = {
         "{python} {servers}/sockserve_evented.py --workers 2 --all-cpus --reuse-port",
     # Unchanged StreamRequestHandler code on greenlets (GreenMixIn): one hub thread.
     "sockserve_green": API + "sockserve:GreenTCPServer",
+    "sockserve_green_prefork1_pinned": API + "--all-cpus sockserve_models:PreForkGreenTCPServer"
+                                             " workers=1 worker_cpu_affinity=True",
+    "sockserve_green_prefork2_pinned": API + "--all-cpus sockserve_models:PreForkGreenTCPServer"
+                                             " workers=2 worker_cpu_affinity=True",
     "sockserve_async": "{python} {servers}/sockserve_async.py",
     "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
 }

@@ -76,3 +76,39 @@ def test_a_waiting_greenlet_times_out_while_others_run() -> None:
     finally:
         for sock in (quiet, quiet_peer, busy, busy_peer):
             sock.close()
+
+
+def test_each_connection_starts_in_a_fresh_context() -> None:
+    """Greenlets are reused between connections; context variables are not."""
+    import contextvars
+
+    seen: contextvars.ContextVar[str] = contextvars.ContextVar("seen", default="fresh")
+    hub = green.Hub()
+    found = []
+    try:
+        for number in range(3):
+            server_end, client_end = socket.socketpair()
+            with client_end:
+
+                def serve(sock: socket.socket, number: int = number) -> None:
+                    with sock:
+                        found.append(seen.get())
+                        seen.set(f"set by connection {number}")
+                        sock.sendall(b"done")
+
+                hub.submit(server_end, serve)
+                client_end.settimeout(IO_TIMEOUT)
+                assert client_end.recv(10) == b"done"
+    finally:
+        assert hub.close(wait=True, timeout=IO_TIMEOUT)
+    assert found == ["fresh"] * 3
+
+
+def test_submitting_something_else_than_a_socket_fails_at_once() -> None:
+    hub = green.Hub()
+    try:
+        with pytest.raises(TypeError, match="sockets"):
+            hub.submit(object(), lambda sock: None)
+        assert len(hub) == 0
+    finally:
+        assert hub.close(wait=True, timeout=IO_TIMEOUT)

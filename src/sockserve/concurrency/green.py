@@ -18,6 +18,7 @@ a database driver's socket) stop every connection of the hub while they block.
 from __future__ import annotations
 
 import collections
+import contextvars
 import errno
 import heapq
 import io
@@ -51,7 +52,9 @@ _WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR \
 # (the FIN waits behind the data a short read returned, and tells nothing new).
 _CLOSED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR \
     if hasattr(select, "epoll") else 0
-_TIMED_OUT = object()  # what the hub hands a waiter whose deadline passed
+_TIMED_OUT = object()
+# Greenlets kept waiting for the next connection when theirs ends.
+IDLE_GREENLETS = 64  # what the hub hands a waiter whose deadline passed
 
 _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
@@ -121,15 +124,19 @@ class Hub:
         self._wake_pending = False
         self._sockets: dict[int, GreenSocket | GreenSSLSocket] = {}
         self._timers = _Timers()
-        self._running = 0  # greenlets started and not yet returned
+        # Connections submitted (by the serving loop's thread) and finished (by the
+        # hub's): two counters, each written by one side only.
+        self._submitted = self._finished = 0
+        self._submit_lock = threading.Lock()
+        self._idle: list[Any] = []  # greenlets waiting for their next connection
         self._closing = False
         self._greenlet: Any = None  # the hub thread's own (main) greenlet
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def __len__(self) -> int:
-        """Connections being served (greenlets running or waiting)."""
-        return self._running + len(self._inbox)
+        """Connections submitted and not yet served to their end."""
+        return self._submitted - self._finished
 
     @property
     def alive(self) -> bool:
@@ -139,10 +146,18 @@ class Hub:
     # -- any thread ------------------------------------------------------------
 
     def submit(self, sock: Any, serve: Callable[[Any], None]) -> None:
-        """Serve *sock* by calling ``serve(green_socket)`` in a greenlet on the hub."""
+        """Serve *sock* by calling ``serve(green_socket)`` in a greenlet on the hub.
+
+        Raises:
+            TypeError: *sock* is no socket the hub can serve (it is left as it was).
+            RuntimeError: the hub is closed.
+        """
         if self._closing:
             raise RuntimeError("the hub is closed")
-        self._inbox.append((sock, serve))
+        green = adopt(sock, self)  # here, so that a socket it cannot serve fails here
+        with self._submit_lock:
+            self._submitted += 1
+        self._inbox.append((green, serve))
         self._wake()
 
     def close(self, wait: bool = True, timeout: float | None = None) -> bool:
@@ -198,6 +213,9 @@ class Hub:
                             exc_info=True)
             raise
         finally:
+            for worker in self._idle:
+                worker.throw()  # GreenletExit: it ends where it waits
+            self._idle.clear()
             epoll.close()
             os.close(wakeup)
 
@@ -211,29 +229,32 @@ class Hub:
         except BlockingIOError:
             pass
         self._wake_pending = False
-        inbox = self._inbox
+        inbox, idle = self._inbox, self._idle
         while inbox:
-            sock, serve = inbox.popleft()
-            self._running += 1
-            try:
-                green = adopt(sock, self)
-            except BaseException:
-                self._running -= 1
-                raise
-            greenlet(self._serve, parent=self._greenlet).switch(green, serve)
+            green, serve = inbox.popleft()
+            worker = idle.pop() if idle else greenlet(self._serve, parent=self._greenlet)
+            worker.switch(green, serve)
 
     def _serve(self, sock: Any, serve: Callable[[Any], None]) -> None:
-        try:
-            serve(sock)
-        except BaseException:  # serve() reports its own errors; this is a last resort
-            logger.exception("a green connection ended with an unhandled error")
-        finally:
-            self._running -= 1
+        """A greenlet's life: serve connections, waiting idle between them (a new
+        greenlet costs a fresh frame stack, an mmap, which halves short-connection
+        throughput)."""
+        while True:
+            try:
+                contextvars.Context().run(serve, sock)  # each connection, fresh context
+            except BaseException:  # serve() reports its own errors; this is a last resort
+                logger.exception("a green connection ended with an unhandled error")
+            finally:
+                self._finished += 1
+            if self._closing or len(self._idle) >= IDLE_GREENLETS:
+                return
+            self._idle.append(getcurrent())
+            sock, serve = self._greenlet.switch()
 
     def watch(self, sock: GreenSocket | GreenSSLSocket) -> None:
         fd = sock.fileno()
+        self._sockets[fd] = sock  # first: an event may come as soon as it is registered
         self._epoll.register(fd, _WATCH)
-        self._sockets[fd] = sock
 
     def forget(self, sock: Any) -> None:
         """Stop watching *sock* (about to be closed or detached); any thread."""
@@ -541,8 +562,10 @@ def adopt(sock: Any, hub: Hub) -> GreenSocket | GreenSSLSocket:
     A plain socket's descriptor moves to a new ``GreenSocket`` (``sock`` is detached);
     a TLS socket changes class in place, keeping its TLS state.
     """
-    timeout = sock.gettimeout()
     green: GreenSocket | GreenSSLSocket
+    if not isinstance(sock, socket.socket):
+        raise TypeError(f"the green model serves sockets, not {type(sock).__name__}")
+    timeout = sock.gettimeout()
     if isinstance(sock, ssl.SSLSocket):
         sock.settimeout(0.0)
         sock.__class__ = GreenSSLSocket
