@@ -98,6 +98,8 @@ class _SocketWriter(io.BufferedIOBase):
 
     def write(self, b: Any) -> int:
         self._sock.sendall(b)
+        if type(b) is bytes:  # the usual case: no memoryview needed for its size
+            return len(b)
         with memoryview(b) as view:
             return view.nbytes
 
