@@ -309,6 +309,14 @@ def test_sendfile_is_cooperative() -> None:
         assert recv_all(client) == content
 
 
+def test_handle_request_hands_one_connection_to_the_hub() -> None:
+    """As with ThreadingMixIn, handle_request() returns once the request is handed on."""
+    with make(LineEcho) as server, connect(server.server_address) as client:
+        server.handle_request()
+        client.sendall(b"once\n")
+        assert client.recv(10) == b"ONCE\n"
+
+
 def test_datagram_servers_are_refused() -> None:
     class GreenUDP(sockserve.GreenMixIn, sockserve.UDPServer):
         pass

@@ -127,3 +127,48 @@ def test_udp_thread_pool_answers_every_datagram() -> None:
         stats = server.statistics()
     assert missing == [0] * 8
     assert stats.pool is not None and stats.pool.workers <= 16
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+def test_green_server_under_mixed_load_loses_nothing_on_two_threads() -> None:
+    # 32 clients, each doing 20 rounds of a short connection, a persistent one with
+    # 20 exchanges and one 256 KiB message (replies larger than the socket buffers
+    # while the client is still sending): everything echoed, two server threads.
+    big = bytes(range(11, 256)) * 1070  # no newline inside: one line of 256 KiB
+
+    class Server(sockserve.GreenTCPServer):
+        request_queue_size = 256
+
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            for round_ in range(20):
+                with connect(server_address) as short:
+                    short.sendall(b"%d %d\n" % (n, round_))
+                    short.shutdown(socket.SHUT_WR)
+                    assert recv_all(short) == b"%d %d\n" % (n, round_)
+                with connect(server_address) as persistent:
+                    replies = persistent.makefile("rb")
+                    for i in range(20):
+                        persistent.sendall(b"%d\n" % i)
+                        assert replies.readline() == b"%d\n" % i
+                    replies.close()
+                with connect(server_address) as bulk:
+                    sender = threading.Thread(target=bulk.sendall, args=(big + b"\n",))
+                    sender.start()
+                    received = bulk.makefile("rb").readline()
+                    sender.join(IO_TIMEOUT)
+                    assert received == big + b"\n"
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads_before = threading.active_count()
+    with serve_in_thread(Server(("127.0.0.1", 0), Echo)) as server:
+        server_address = server.server_address
+        run_clients(32, client)
+        server_threads = threading.active_count() - threads_before
+    assert errors == []
+    assert server_threads == 2  # the serving loop and the hub
+    assert server.statistics().connections == 0
