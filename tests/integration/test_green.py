@@ -309,6 +309,22 @@ def test_sendfile_is_cooperative() -> None:
         assert recv_all(client) == content
 
 
+def test_a_duplicated_socket_cooperates_too() -> None:
+    class DupEcho(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            with self.request.dup() as copy:
+                assert copy.gettimeout() == self.request.gettimeout()
+                while data := copy.recv(4096):
+                    copy.sendall(data)
+
+    with serve_in_thread(make(DupEcho)) as server:
+        with connect(server.server_address) as first, \
+                connect(server.server_address) as second:
+            second.sendall(b"second")  # both wait in a dup's recv(), on one thread
+            first.sendall(b"first")
+            assert first.recv(10) == b"first" and second.recv(10) == b"second"
+
+
 def test_handle_request_hands_one_connection_to_the_hub() -> None:
     """As with ThreadingMixIn, handle_request() returns once the request is handed on."""
     with make(LineEcho) as server, connect(server.server_address) as client:

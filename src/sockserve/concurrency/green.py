@@ -484,6 +484,13 @@ class GreenSocket(_Cooperative, socket.socket):
                     self._readable = False
             self._hub.wait(self, write, self._green_timeout)
 
+    def dup(self) -> GreenSocket:
+        """A duplicate on the same hub, with the same timeout (socket.dup(2) semantics)."""
+        copy = adopt(socket.socket(self.family, self.type, self.proto,
+                                   fileno=os.dup(self.fileno())), self._hub)
+        copy._green_timeout = self._green_timeout
+        return copy  # type: ignore[return-value]
+
     def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
         return self._other(False, socket.socket.recvfrom, bufsize, flags)
 
