@@ -52,13 +52,16 @@ class GreenMixIn(_ConcurrencyMixIn):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to the hub, which serves it in a greenlet."""
+        hub = self.hub
         fd = request.fileno()
-
-        def serve(green: Any) -> None:
-            self._sockserve_connections.replace(fd, green)  # a drain cuts this one
-            self.process_request_greenlet(green, client_address)
-
-        self.hub.submit(request, serve)
+        green = hub.adopt(request)
+        # At once, not when the hub gets to it: a drain must be able to cut it meanwhile.
+        self._sockserve_connections.replace(fd, green)
+        try:
+            hub.submit(green, lambda sock: self.process_request_greenlet(sock, client_address))
+        except BaseException:
+            self.shutdown_request(green)  # *request* is detached: end the connection here
+            raise
 
     def process_request_greenlet(self, request: Any, client_address: Any) -> None:
         """Serve one connection on the hub, reporting errors via handle_error()."""

@@ -16,7 +16,7 @@ import pytest
 import sockserve
 from sockserve.concurrency import green
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 
 pytest.importorskip("greenlet")
 
@@ -119,7 +119,7 @@ def test_handler_timeout_ends_only_that_connection(caplog: pytest.LogCaptureFixt
 
 def test_socket_timeouts_and_non_blocking_calls_behave_as_on_a_plain_socket() -> None:
     seen: dict[str, Any] = {}
-    ready, done = threading.Event(), threading.Event()
+    ready, got_data, done = threading.Event(), threading.Event(), threading.Event()
 
     class Probe(sockserve.BaseRequestHandler):
         def handle(self) -> None:
@@ -138,17 +138,24 @@ def test_socket_timeouts_and_non_blocking_calls_behave_as_on_a_plain_socket() ->
                 seen["timeout"] = "timed out"
             with pytest.raises(ValueError):
                 sock.settimeout(-1)
+            with pytest.raises(BlockingIOError):  # "has the peer closed?", never waiting
+                sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
             sock.settimeout(None)
             ready.set()
             seen["data"] = sock.recv(10)
+            got_data.set()
+            seen["waitall"] = sock.recv(6, socket.MSG_WAITALL)  # sent in two parts
             done.set()
 
     with serve_in_thread(make(Probe)) as server, connect(server.server_address) as client:
         assert ready.wait(IO_TIMEOUT)  # only now: the first reads must find nothing
         client.sendall(b"ok")
+        assert got_data.wait(IO_TIMEOUT)
+        client.sendall(b"abc")
+        client.sendall(b"def")
         assert done.wait(IO_TIMEOUT)
     assert seen == {"initial": None, "blocking": False, "nonblocking": "would block",
-                    "timeout": "timed out", "data": b"ok"}
+                    "timeout": "timed out", "data": b"ok", "waitall": b"abcdef"}
 
 
 def test_sendall_to_a_client_that_does_not_read_times_out(
@@ -285,6 +292,44 @@ def test_tls_connections_are_served_on_the_hub(
                 tls.close()
 
 
+def test_tls_timeouts_and_non_blocking_reads_behave_as_on_an_ssl_socket(
+        tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """Non-blocking: the ssl module's SSLWantReadError.  With a timeout: one deadline
+    for the whole read, even while a partial record trickles in (slowloris on TLS)."""
+    server_ctx, client = tls_pair
+    seen: dict[str, Any] = {}
+    done = threading.Event()
+
+    class Probe(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            sock = self.request
+            sock.setblocking(False)
+            try:
+                sock.recv(10)
+            except ssl.SSLWantReadError:
+                seen["nonblocking"] = "SSLWantReadError"
+            sock.settimeout(0.5)
+            try:
+                sock.recv(10)
+            except Exception as exc:
+                seen["trickled"] = type(exc).__name__
+            finally:
+                done.set()
+
+    with serve_in_thread(make(Probe, ssl_context=server_ctx)) as server:
+        with client.wrap_socket(connect(server.server_address),
+                                server_hostname="localhost") as tls:
+            # A record trickled in raw, a byte at a time: a deadline per wait would see
+            # all 69 bytes and fail on the bogus record (SSLError) 7 s later.
+            record = b"\x17\x03\x03\x00\x40" + bytes(64)  # application data, 64 bytes
+            for byte in record:
+                if done.wait(0.1):  # pacing the trickle, and its end
+                    break
+                socket.socket.send(tls, bytes([byte]))
+            assert done.wait(IO_TIMEOUT)
+    assert seen == {"nonblocking": "SSLWantReadError", "trickled": "TimeoutError"}
+
+
 def test_unix_stream_server() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "green.sock")
@@ -323,6 +368,45 @@ def test_a_duplicated_socket_cooperates_too() -> None:
             second.sendall(b"second")  # both wait in a dup's recv(), on one thread
             first.sendall(b"first")
             assert first.recv(10) == b"first" and second.recv(10) == b"second"
+
+
+def test_files_keep_working_after_the_socket_is_closed() -> None:
+    """close() with makefile() files open defers the real close, as on a plain socket."""
+    closed = threading.Event()
+
+    class CloseFirst(sockserve.BaseRequestHandler):
+        def handle(self) -> None:
+            reader = self.request.makefile("rb")
+            writer = self.request.makefile("wb", buffering=0)
+            self.request.close()
+            closed.set()
+            writer.write(reader.readline().upper())  # waits on the hub, not for ever
+            reader.close()
+            writer.close()
+
+    with serve_in_thread(make(CloseFirst)) as server, connect(server.server_address) as client:
+        assert closed.wait(IO_TIMEOUT)
+        client.sendall(b"still served\n")
+        assert recv_all(client) == b"STILL SERVED\n"
+
+
+def test_drain_cuts_a_connection_still_waiting_for_the_hub() -> None:
+    """A connection accepted while every handler holds the hub is cut all the same."""
+    release = threading.Event()
+
+    class Hog(LineEcho):
+        def handle(self) -> None:
+            release.wait(IO_TIMEOUT)  # blocks the whole hub (what the docs warn about)
+            super().handle()
+
+    server = make(Hog)
+    with serve_in_thread(server):
+        with connect(server.server_address) as first, connect(server.server_address) as second:
+            wait_for(lambda: server.statistics().connections == 2, what="both accepted")
+            report = server.drain(0.1)
+            release.set()
+            assert recv_all(second) == b"" and recv_all(first) == b""
+    assert (report.open, report.cut) == (2, 2)
 
 
 def test_handle_request_hands_one_connection_to_the_hub() -> None:

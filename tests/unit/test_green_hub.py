@@ -29,7 +29,7 @@ def test_submissions_racing_from_many_threads_are_all_served() -> None:
 
         def submit(chunk: list[tuple[socket.socket, socket.socket]]) -> None:
             for server_end, _ in chunk:
-                hub.submit(server_end, answer)
+                hub.submit(hub.adopt(server_end), answer)
 
         threads = [threading.Thread(target=submit, args=(pairs[i::4],)) for i in range(4)]
         for thread in threads:
@@ -66,8 +66,8 @@ def test_a_waiting_greenlet_times_out_while_others_run() -> None:
                 outcome["busy"] = sock.recv(10)
                 sock.sendall(b"done")
 
-        hub.submit(quiet, wait_quietly)
-        hub.submit(busy, echo)
+        hub.submit(hub.adopt(quiet), wait_quietly)
+        hub.submit(hub.adopt(busy), echo)
         busy_peer.settimeout(IO_TIMEOUT)
         busy_peer.sendall(b"go")
         assert busy_peer.recv(10) == b"done"
@@ -96,7 +96,7 @@ def test_each_connection_starts_in_a_fresh_context() -> None:
                         seen.set(f"set by connection {number}")
                         sock.sendall(b"done")
 
-                hub.submit(server_end, serve)
+                hub.submit(hub.adopt(server_end), serve)
                 client_end.settimeout(IO_TIMEOUT)
                 assert client_end.recv(10) == b"done"
     finally:
@@ -104,11 +104,53 @@ def test_each_connection_starts_in_a_fresh_context() -> None:
     assert found == ["fresh"] * 3
 
 
-def test_submitting_something_else_than_a_socket_fails_at_once() -> None:
+def test_adopting_something_else_than_a_socket_fails_at_once() -> None:
     hub = green.Hub()
     try:
         with pytest.raises(TypeError, match="sockets"):
-            hub.submit(object(), lambda sock: None)
+            hub.adopt(object())
         assert len(hub) == 0
     finally:
+        assert hub.close(wait=True, timeout=IO_TIMEOUT)
+
+
+def test_cancelled_timers_do_not_pile_up_behind_a_long_one() -> None:
+    timers = green._Timers()
+    timers.add(10**9, "a long-lived waiter")  # stays at the top of the heap
+    for _ in range(10_000):
+        timers.cancel(timers.add(1.0, "a waiter that was woken first"))
+    assert len(timers) < 300
+
+
+def test_urgent_data_does_not_stall_a_reader() -> None:
+    """TCP stops a read at the urgent mark: that short read is no empty queue."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        client = socket.create_connection(listener.getsockname(), timeout=IO_TIMEOUT)
+        server_side, _ = listener.accept()
+    trigger_in, trigger_out = socket.socketpair()
+    hub = green.Hub()
+    got: list[bytes] = []
+    try:
+        trigger = hub.adopt(trigger_in)
+        hub.watch(trigger)
+
+        def serve(sock: socket.socket) -> None:
+            with sock, trigger:
+                trigger.recv(1)  # waits elsewhere while the data's edges are taken
+                data = b""
+                while len(data) < 6:
+                    data += sock.recv(100)
+                got.append(data)
+                sock.sendall(b"ok")
+
+        hub.submit(hub.adopt(server_side), serve)
+        client.sendall(b"abc")
+        client.send(b"!", socket.MSG_OOB)
+        client.sendall(b"def")
+        trigger_out.sendall(b"x")
+        assert client.recv(2) == b"ok"
+        assert got == [b"abcdef"]
+    finally:
+        client.close()
+        trigger_out.close()
         assert hub.close(wait=True, timeout=IO_TIMEOUT)

@@ -42,15 +42,16 @@ logger = logging.getLogger("sockserve.green")
 
 # Registered once per socket for both directions; EPOLLRDHUP reports a peer's
 # half-close as readable (EOF) even while we only wait to write.
-_WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLET \
-    if hasattr(select, "epoll") else 0
+_WATCH = select.EPOLLIN | select.EPOLLOUT | select.EPOLLRDHUP | select.EPOLLPRI \
+    | select.EPOLLET if hasattr(select, "epoll") else 0
 _READABLE = select.EPOLLIN | select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR \
-    if hasattr(select, "epoll") else 0
+    | select.EPOLLPRI if hasattr(select, "epoll") else 0
 _WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR \
     if hasattr(select, "epoll") else 0
-# The peer closed (or reset): no further edge will come, so reads must always be tried
-# (the FIN waits behind the data a short read returned, and tells nothing new).
-_CLOSED = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR \
+# After these a short read no longer means an empty queue, so every read is tried:
+# the peer closed or reset (the FIN waits behind the data a short read returned and
+# brings no new edge), or urgent data came (tcp_recvmsg stops at the urgent mark).
+_TRY_EVERY_READ = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select.EPOLLPRI \
     if hasattr(select, "epoll") else 0
 _TIMED_OUT = object()
 # Greenlets kept waiting for the next connection when theirs ends.
@@ -60,6 +61,8 @@ _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
 _send = socket.socket.send
 _read1 = io.BufferedReader.read1
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
+_WAITALL = getattr(socket, "MSG_WAITALL", 0)
 
 
 def require_greenlet() -> None:
@@ -72,11 +75,18 @@ def require_greenlet() -> None:
 
 
 class _Timers:
-    """Deadlines of waiting greenlets, soonest first; cancelled ones are skipped."""
+    """Deadlines of waiting greenlets, soonest first.
+
+    A cancelled entry stays in the heap until it reaches the top, so when most of the
+    heap is cancelled it is rebuilt (as asyncio's loop does): otherwise one long live
+    timer at the top would pin every later cancelled one (guarded files set a timeout
+    on every call, so each wait adds one).
+    """
 
     def __init__(self) -> None:
         self._heap: list[list[Any]] = []
         self._order = itertools.count()
+        self._cancelled = 0
 
     def add(self, deadline: float, waiter: Any) -> list[Any]:
         entry = [deadline, next(self._order), waiter]
@@ -86,24 +96,33 @@ class _Timers:
     def __len__(self) -> int:
         return len(self._heap)
 
-    @staticmethod
-    def cancel(entry: list[Any]) -> None:
-        entry[2] = None
+    def cancel(self, entry: list[Any]) -> None:
+        if entry[2] is not None:
+            entry[2] = None
+            self._cancelled += 1
+            if self._cancelled > 100 and self._cancelled * 2 > len(self._heap):
+                self._heap = [live for live in self._heap if live[2] is not None]
+                heapq.heapify(self._heap)
+                self._cancelled = 0
 
     def next_timeout(self, now: float) -> float:
         """Seconds until the soonest deadline, -1 for none (epoll's "forever")."""
         heap = self._heap
         while heap and heap[0][2] is None:
             heapq.heappop(heap)
+            self._cancelled -= 1
         return max(0.0, heap[0][0] - now) if heap else -1
 
     def pop_due(self, now: float) -> list[Any]:
         due = []
         heap = self._heap
         while heap and heap[0][0] <= now:
-            waiter = heapq.heappop(heap)[2]
-            if waiter is not None:
-                due.append(waiter)
+            entry = heapq.heappop(heap)
+            if entry[2] is None:
+                self._cancelled -= 1
+            else:
+                due.append(entry[2])
+                entry[2] = None  # out of the heap: cancel() must not count it
         return due
 
 
@@ -146,17 +165,41 @@ class Hub:
 
     # -- any thread ------------------------------------------------------------
 
-    def submit(self, sock: Any, serve: Callable[[Any], None]) -> None:
-        """Serve *sock* by calling ``serve(green_socket)`` in a greenlet on the hub.
+    def adopt(self, sock: Any) -> GreenSocket | GreenSSLSocket:
+        """*sock* as a green socket of this hub (same descriptor; the timeout the
+        handler sees is kept).  A plain socket's descriptor moves to a new
+        ``GreenSocket`` (*sock* is detached); a TLS socket changes class in place.
 
         Raises:
             TypeError: *sock* is no socket the hub can serve (it is left as it was).
-            RuntimeError: the hub is closed.
         """
-        if self._closing:
-            raise RuntimeError("the hub is closed")
-        green = adopt(sock, self)  # here, so that a socket it cannot serve fails here
-        with self._submit_lock:
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"the green model serves sockets, not {type(sock).__name__}")
+        green: GreenSocket | GreenSSLSocket
+        timeout = sock.gettimeout()
+        if isinstance(sock, ssl.SSLSocket):
+            sock.settimeout(0.0)
+            sock.__class__ = GreenSSLSocket
+            green = sock  # type: ignore[assignment]
+        elif type(sock) is socket.socket:
+            sock.setblocking(False)
+            green = GreenSocket(sock.family, sock.type, sock.proto, sock.detach())
+        else:
+            raise TypeError(f"the green model serves sockets, not {type(sock).__name__}")
+        green._green_init(self, timeout)
+        return green
+
+    def submit(self, green: GreenSocket | GreenSSLSocket,
+               serve: Callable[[Any], None]) -> None:
+        """Serve *green* (from ``adopt()``) by calling ``serve(green)`` in a greenlet.
+
+        Raises:
+            RuntimeError: the hub is closed (the caller still owns *green*).
+        """
+        with self._submit_lock:  # against close(): counted here means served
+            if self._closing:
+                raise RuntimeError("the hub is closed")
+            self.watch(green)
             self._submitted += 1
         self._inbox.append((green, serve))
         self._wake()
@@ -166,7 +209,8 @@ class Hub:
 
         Returns False if *timeout* passed first (the hub then stops by itself later).
         """
-        self._closing = True
+        with self._submit_lock:
+            self._closing = True
         self._wake()
         if wait and self._thread is not threading.current_thread():
             self._thread.join(timeout)
@@ -184,7 +228,8 @@ class Hub:
     def _run(self) -> None:
         self._greenlet = getcurrent()
         epoll, sockets, timers = self._epoll, self._sockets, self._timers
-        wakeup, readable, writable, closed = self._wakeup, _READABLE, _WRITABLE, _CLOSED
+        wakeup, readable, writable = self._wakeup, _READABLE, _WRITABLE
+        try_every_read = _TRY_EVERY_READ
         try:
             while not (self._closing and not len(self)):
                 timeout = timers.next_timeout(time.monotonic()) if timers else -1
@@ -197,7 +242,7 @@ class Hub:
                         continue
                     if events & readable:
                         sock._readable = True
-                        if events & closed:
+                        if events & try_every_read:
                             sock._short_read_empties = False
                     if events & writable:
                         sock._writable = True
@@ -297,7 +342,7 @@ class Hub:
         finally:
             sock._waiter = None
             if timer is not None:
-                _Timers.cancel(timer)
+                self._timers.cancel(timer)
         if outcome is _TIMED_OUT:
             raise TimeoutError("timed out")
 
@@ -393,10 +438,12 @@ class _Cooperative:
         self._hub.forget(self)
         return super().detach()  # type: ignore[misc, no-any-return]
 
-    def close(self) -> None:
+    def _real_close(self, *args: Any) -> None:
+        # Where the descriptor really closes: close() defers it while a makefile()
+        # file is open, and that file must go on working until then.
         if self.fileno() >= 0:  # type: ignore[attr-defined]
             self._hub.forget(self)
-        super().close()  # type: ignore[misc]
+        super()._real_close(*args)  # type: ignore[misc]
 
 
 class GreenSocket(_Cooperative, socket.socket):
@@ -406,34 +453,66 @@ class GreenSocket(_Cooperative, socket.socket):
                  "_waiter", "_wants_write")
 
     def recv(self, bufsize: int, flags: int = 0) -> bytes:
+        if flags:
+            if flags & _WAITALL and not flags & _DONTWAIT:
+                return self._recv_all(bufsize, flags & ~_WAITALL)
+            return self._flagged(_recv, bufsize, flags)  # type: ignore[no-any-return]
         while True:
             if self._readable or self._green_timeout == 0.0:
                 try:
-                    data = _recv(self, bufsize, flags)
+                    data = _recv(self, bufsize)
                 except BlockingIOError:
                     self._readable = False
                 else:
-                    if 0 < len(data) < bufsize and self._short_read_empties and not flags:
+                    if 0 < len(data) < bufsize and self._short_read_empties:
                         self._readable = False  # a short read emptied the queue
                     return data
             self._hub.wait(self, False, self._green_timeout)
 
     def recv_into(self, buffer: Any, nbytes: int = 0, flags: int = 0) -> int:
+        if flags:
+            if flags & _WAITALL and not flags & _DONTWAIT:
+                return self._recv_into_all(buffer, nbytes, flags & ~_WAITALL)
+            return self._flagged(_recv_into, buffer, nbytes, flags)  # type: ignore[no-any-return]
         while True:
             if self._readable or self._green_timeout == 0.0:
                 try:
-                    count = _recv_into(self, buffer, nbytes, flags)
+                    count = _recv_into(self, buffer, nbytes)
                 except BlockingIOError:
                     self._readable = False
                 else:
                     # len() of a buffer is at most its size in bytes: "short" is sure.
-                    if count and count < (nbytes or len(buffer)) and \
-                            self._short_read_empties and not flags:
+                    if count and count < (nbytes or len(buffer)) and self._short_read_empties:
                         self._readable = False  # a short read emptied the queue
                     return count
             self._hub.wait(self, False, self._green_timeout)
 
+    def _flagged(self, call: Callable[..., Any], *args: Any) -> Any:
+        """A read with flags (MSG_PEEK...), without the short-read shortcut; with
+        MSG_DONTWAIT it never waits, as on a plain socket."""
+        if args[-1] & _DONTWAIT:
+            return call(self, *args)
+        return self._other(False, call, *args)
+
+    def _recv_all(self, size: int, flags: int) -> bytes:
+        """MSG_WAITALL on a descriptor that is non-blocking (where the kernel ignores
+        it): read until *size* bytes or end-of-file."""
+        chunks, got = [], 0
+        while got < size and (data := self.recv(size - got, flags)):
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks)
+
+    def _recv_into_all(self, buffer: Any, nbytes: int, flags: int) -> int:
+        with memoryview(buffer) as view, view.cast("B") as whole:
+            size, got = nbytes or len(whole), 0
+            while got < size and (count := self.recv_into(whole[got:size], 0, flags)):
+                got += count
+            return got
+
     def send(self, data: Any, flags: int = 0) -> int:
+        if flags & _DONTWAIT:
+            return _send(self, data, flags)
         while True:
             if self._writable or self._green_timeout == 0.0:
                 try:
@@ -443,6 +522,8 @@ class GreenSocket(_Cooperative, socket.socket):
             self._hub.wait(self, True, self._green_timeout)
 
     def sendall(self, data: Any, flags: int = 0) -> None:
+        if flags & _DONTWAIT:  # never waits: raises when the buffer fills, as a plain one
+            return socket.socket.sendall(self, data, flags)
         sent = 0
         if self._writable and type(data) is bytes:  # the usual case: one send() does
             try:
@@ -486,9 +567,10 @@ class GreenSocket(_Cooperative, socket.socket):
 
     def dup(self) -> GreenSocket:
         """A duplicate on the same hub, with the same timeout (socket.dup(2) semantics)."""
-        copy = adopt(socket.socket(self.family, self.type, self.proto,
-                                   fileno=os.dup(self.fileno())), self._hub)
+        copy = self._hub.adopt(socket.socket(self.family, self.type, self.proto,
+                                             fileno=os.dup(self.fileno())))
         copy._green_timeout = self._green_timeout
+        self._hub.watch(copy)
         return copy  # type: ignore[return-value]
 
     def recvfrom(self, bufsize: int, flags: int = 0) -> Any:
@@ -517,30 +599,42 @@ class GreenSSLSocket(_Cooperative, ssl.SSLSocket):
     and only ``SSLWantReadError``/``SSLWantWriteError`` make them wait.
     """
 
-    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+    def _ssl_call(self, call: Callable[..., Any], *args: Any) -> Any:
+        """*call*, waiting on the hub while TLS wants to read or write; the timeout
+        covers the whole call, as in the ssl module.  Non-blocking, the ssl module's
+        own SSLWantReadError/SSLWantWriteError come through."""
+        timeout = self._green_timeout
+        deadline = None if not timeout else time.monotonic() + timeout
         while True:
             try:
-                return super().read(len, buffer)
-            except ssl.SSLWantReadError:
-                self._readable = False
-                self._hub.wait(self, False, self._green_timeout)
-            except ssl.SSLWantWriteError:
-                self._writable = False
-                self._hub.wait(self, True, self._green_timeout)
+                return call(self, *args)
+            except (ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+                if timeout == 0.0:
+                    raise
+                write = isinstance(exc, ssl.SSLWantWriteError)
+                if write:
+                    self._writable = False
+                else:
+                    self._readable = False
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError("timed out") from None
+                self._hub.wait(self, write, left)
+
+    def read(self, len: int = 1024, buffer: Any = None) -> Any:
+        return self._ssl_call(ssl.SSLSocket.read, len, buffer)
 
     def send(self, data: Any, flags: int = 0) -> int:
-        while True:
-            try:
-                return super().send(data, flags)
-            except ssl.SSLWantReadError:
-                self._readable = False
-                self._hub.wait(self, False, self._green_timeout)
-            except ssl.SSLWantWriteError:
-                self._writable = False
-                self._hub.wait(self, True, self._green_timeout)
+        return self._ssl_call(ssl.SSLSocket.send, data, flags)  # type: ignore[no-any-return]
 
     def write(self, data: Any) -> int:
         return self.send(data)
+
+    def do_handshake(self, block: bool = False) -> None:
+        self._ssl_call(ssl.SSLSocket.do_handshake)
+
+    def unwrap(self) -> Any:
+        return self._ssl_call(ssl.SSLSocket.unwrap)
 
 
 class _GreenSocketIO(socket.SocketIO):
@@ -566,27 +660,3 @@ class _GreenReader(io.BufferedReader):
     def read1(self, size: int = -1) -> bytes:
         self.peek(1)  # waits, then reads into our own buffer
         return _read1(self, size)
-
-
-def adopt(sock: Any, hub: Hub) -> GreenSocket | GreenSSLSocket:
-    """*sock* as a green socket on *hub*: same descriptor, handler-visible timeout kept.
-
-    A plain socket's descriptor moves to a new ``GreenSocket`` (``sock`` is detached);
-    a TLS socket changes class in place, keeping its TLS state.
-    """
-    green: GreenSocket | GreenSSLSocket
-    if not isinstance(sock, socket.socket):
-        raise TypeError(f"the green model serves sockets, not {type(sock).__name__}")
-    timeout = sock.gettimeout()
-    if isinstance(sock, ssl.SSLSocket):
-        sock.settimeout(0.0)
-        sock.__class__ = GreenSSLSocket
-        green = sock  # type: ignore[assignment]
-    elif type(sock) is socket.socket:
-        sock.setblocking(False)
-        green = GreenSocket(sock.family, sock.type, sock.proto, sock.detach())
-    else:
-        raise TypeError(f"the green model serves sockets, not {type(sock).__name__}")
-    green._green_init(hub, timeout)
-    hub.watch(green)
-    return green
