@@ -53,9 +53,9 @@ _WRITABLE = select.EPOLLOUT | select.EPOLLHUP | select.EPOLLERR \
 # brings no new edge), or urgent data came (tcp_recvmsg stops at the urgent mark).
 _TRY_EVERY_READ = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select.EPOLLPRI \
     if hasattr(select, "epoll") else 0
-_TIMED_OUT = object()
+_TIMED_OUT = object()  # what the hub hands a waiter whose deadline passed
 # Greenlets kept waiting for the next connection when theirs ends.
-IDLE_GREENLETS = 64  # what the hub hands a waiter whose deadline passed
+IDLE_GREENLETS = 64
 
 _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
@@ -302,6 +302,7 @@ class Hub:
             sock, serve = self._greenlet.switch()
 
     def watch(self, sock: GreenSocket | GreenSSLSocket) -> None:
+        """Have epoll report *sock*'s readiness to the hub (``submit()`` does it)."""
         fd = sock.fileno()
         self._sockets[fd] = sock  # first: an event may come as soon as it is registered
         self._epoll.register(fd, _WATCH)
