@@ -17,14 +17,9 @@ import sockserve
 from sockserve.concurrency import green
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
+from tests.integration.test_one_model import LineEcho
 
 pytest.importorskip("greenlet")
-
-
-class LineEcho(sockserve.StreamRequestHandler):
-    def handle(self) -> None:
-        for line in self.rfile:
-            self.wfile.write(line.upper())
 
 
 class RawEcho(sockserve.BaseRequestHandler):
@@ -94,27 +89,30 @@ def test_read1_returns_large_messages_whole_in_pieces() -> None:
         assert recv_all(client) == message
 
 
-def test_handler_timeout_ends_only_that_connection(caplog: pytest.LogCaptureFixture) -> None:
-    """A socket timeout works as on a thread: TimeoutError, logged, that one closed."""
+@pytest.mark.parametrize("fault", [TimeoutError, RuntimeError])
+def test_a_failing_connection_leaves_the_others_serving(
+        fault: type, caplog: pytest.LogCaptureFixture) -> None:
+    """A socket timeout or a crash ends that connection, as on a thread: logged, closed."""
 
-    class Impatient(LineEcho):
+    class Fragile(LineEcho):
         def handle(self) -> None:
-            if self.rfile.readline() == b"impatient\n":
-                self.connection.settimeout(0.1)
+            if self.rfile.readline() == b"fail\n":
+                if fault is RuntimeError:
+                    raise RuntimeError("boom")
+                self.connection.settimeout(0.1)  # the next read times out
             super().handle()
 
     with caplog.at_level(logging.ERROR, logger="sockserve.server"):
-        with serve_in_thread(make(Impatient)) as server:
-            with connect(server.server_address) as silent, \
-                    connect(server.server_address) as talker:
-                silent.sendall(b"impatient\n")
-                talker.sendall(b"patient\nhi\n")
-                assert talker.recv(10) == b"HI\n"
-                assert recv_all(silent) == b""  # timed out and closed
-                talker.sendall(b"still here\n")
-                assert talker.recv(20) == b"STILL HERE\n"
-    assert any(record.exc_info and record.exc_info[0] is TimeoutError
-               for record in caplog.records)
+        with serve_in_thread(make(Fragile)) as server:
+            with connect(server.server_address) as failing, \
+                    connect(server.server_address) as other:
+                failing.sendall(b"fail\n")
+                other.sendall(b"fine\nhi\n")
+                assert other.recv(10) == b"HI\n"
+                assert recv_all(failing) == b""
+                other.sendall(b"still here\n")
+                assert other.recv(20) == b"STILL HERE\n"
+    assert any(record.exc_info and record.exc_info[0] is fault for record in caplog.records)
 
 
 def test_socket_timeouts_and_non_blocking_calls_behave_as_on_a_plain_socket() -> None:
@@ -176,26 +174,6 @@ def test_sendall_to_a_client_that_does_not_read_times_out(
             assert finished.wait(IO_TIMEOUT)
     assert any(record.exc_info and record.exc_info[0] is TimeoutError
                for record in caplog.records)
-
-
-def test_errors_in_one_handler_leave_the_others_serving(
-        caplog: pytest.LogCaptureFixture) -> None:
-    class Fragile(LineEcho):
-        def handle(self) -> None:
-            if self.rfile.readline() == b"crash\n":
-                raise RuntimeError("boom")
-            super().handle()
-
-    with caplog.at_level(logging.ERROR, logger="sockserve.server"):
-        with serve_in_thread(make(Fragile)) as server:
-            with connect(server.server_address) as good, \
-                    connect(server.server_address) as bad:
-                good.sendall(b"first\n")
-                bad.sendall(b"crash\n")
-                assert recv_all(bad) == b""
-                good.sendall(b"second\n")
-                assert good.recv(20) == b"SECOND\n"
-    assert "boom" in caplog.text
 
 
 def test_shutdown_from_a_handler_does_not_deadlock() -> None:

@@ -6,6 +6,7 @@ import socket
 import threading
 import tracemalloc
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -45,6 +46,20 @@ def test_threading_server_memory_stays_flat_over_100k_requests() -> None:
         assert after - before < 256 * 1024, (before, after)
 
 
+def short_then_persistent(address: Any, n: int, round_: int, exchanges: int) -> None:
+    """One round of an echo client: a short connection, then a persistent one."""
+    with connect(address) as short:
+        short.sendall(b"%d %d\n" % (n, round_))
+        short.shutdown(socket.SHUT_WR)
+        assert recv_all(short) == b"%d %d\n" % (n, round_)
+    with connect(address) as persistent:
+        replies = persistent.makefile("rb")
+        for i in range(exchanges):
+            persistent.sendall(b"%d\n" % i)
+            assert replies.readline() == b"%d\n" % i
+        replies.close()
+
+
 def run_clients(count: int, client: Callable[[int], None]) -> None:
     """``client(n)`` for n in range(*count*), each on its own thread; all must end."""
     threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
@@ -71,16 +86,7 @@ def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
     def client(n: int) -> None:
         try:
             for round_ in range(20):
-                with connect(server_address) as short:
-                    short.sendall(b"%d %d\n" % (n, round_))
-                    short.shutdown(socket.SHUT_WR)
-                    assert recv_all(short) == b"%d %d\n" % (n, round_)
-                with connect(server_address) as persistent:
-                    replies = persistent.makefile("rb")
-                    for i in range(10):
-                        persistent.sendall(b"%d\n" % i)
-                        assert replies.readline() == b"%d\n" % i
-                    replies.close()
+                short_then_persistent(server_address, n, round_, 10)
         except BaseException as exc:
             errors.append(exc)
 
@@ -145,16 +151,7 @@ def test_green_server_under_mixed_load_loses_nothing_on_two_threads() -> None:
     def client(n: int) -> None:
         try:
             for round_ in range(20):
-                with connect(server_address) as short:
-                    short.sendall(b"%d %d\n" % (n, round_))
-                    short.shutdown(socket.SHUT_WR)
-                    assert recv_all(short) == b"%d %d\n" % (n, round_)
-                with connect(server_address) as persistent:
-                    replies = persistent.makefile("rb")
-                    for i in range(20):
-                        persistent.sendall(b"%d\n" % i)
-                        assert replies.readline() == b"%d\n" % i
-                    replies.close()
+                short_then_persistent(server_address, n, round_, 20)
                 with connect(server_address) as bulk:
                     sender = threading.Thread(target=bulk.sendall, args=(big + b"\n",))
                     sender.start()
