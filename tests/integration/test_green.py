@@ -308,6 +308,26 @@ def test_tls_timeouts_and_non_blocking_reads_behave_as_on_an_ssl_socket(
     assert seen == {"nonblocking": "SSLWantReadError", "trickled": "TimeoutError"}
 
 
+def test_tls_unwrap_waits_for_the_peer_cooperatively(
+        tls_pair: tuple[ssl.SSLContext, ssl.SSLContext]) -> None:
+    """unwrap() (the close_notify exchange) waits on the hub, as it would block."""
+    server_ctx, client = tls_pair
+
+    class Unwrap(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+            plain = self.request.unwrap()  # waits for the client's close_notify
+            plain.sendall(b"in the clear\n")
+
+    with serve_in_thread(make(Unwrap, ssl_context=server_ctx)) as server:
+        with client.wrap_socket(connect(server.server_address),
+                                server_hostname="localhost") as tls:
+            tls.sendall(b"secret\n")
+            assert tls.recv(10) == b"secret\n"
+            plain = tls.unwrap()
+            assert recv_all(plain) == b"in the clear\n"
+
+
 def test_unix_stream_server() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "green.sock")
