@@ -61,13 +61,23 @@ def short_then_persistent(address: Any, n: int, round_: int, exchanges: int) -> 
 
 
 def run_clients(count: int, client: Callable[[int], None]) -> None:
-    """``client(n)`` for n in range(*count*), each on its own thread; all must end."""
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(count)]
+    """``client(n)`` for n in range(*count*), each on its own thread; all must end,
+    and none may fail."""
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            client(n)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(IO_TIMEOUT * 20)
     assert not any(thread.is_alive() for thread in threads)
+    assert errors == []
 
 
 @pytest.mark.stress
@@ -81,14 +91,9 @@ def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
         max_queue = 64
         request_queue_size = 128
 
-    errors: list[BaseException] = []
-
     def client(n: int) -> None:
-        try:
-            for round_ in range(20):
-                short_then_persistent(server_address, n, round_, 10)
-        except BaseException as exc:
-            errors.append(exc)
+        for round_ in range(20):
+            short_then_persistent(server_address, n, round_, 10)
 
     with serve_in_thread(Server(("127.0.0.1", 0), Echo)) as server:
         server_address = server.server_address
@@ -96,7 +101,6 @@ def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
         pool = server.statistics().pool
         assert pool is not None and pool.workers <= 8
     stats = server.statistics()  # closed: every handler has returned
-    assert errors == []
     assert stats.pool is not None and stats.pool.completed == 16 * 20 * 2
     assert stats.rejected == 0
 
@@ -146,26 +150,20 @@ def test_green_server_under_mixed_load_loses_nothing_on_two_threads() -> None:
     class Server(sockserve.GreenTCPServer):
         request_queue_size = 256
 
-    errors: list[BaseException] = []
-
     def client(n: int) -> None:
-        try:
-            for round_ in range(20):
-                short_then_persistent(server_address, n, round_, 20)
-                with connect(server_address) as bulk:
-                    sender = threading.Thread(target=bulk.sendall, args=(big + b"\n",))
-                    sender.start()
-                    received = bulk.makefile("rb").readline()
-                    sender.join(IO_TIMEOUT)
-                    assert received == big + b"\n"
-        except BaseException as exc:
-            errors.append(exc)
+        for round_ in range(20):
+            short_then_persistent(server_address, n, round_, 20)
+            with connect(server_address) as bulk:
+                sender = threading.Thread(target=bulk.sendall, args=(big + b"\n",))
+                sender.start()
+                received = bulk.makefile("rb").readline()
+                sender.join(IO_TIMEOUT)
+                assert received == big + b"\n"
 
     threads_before = threading.active_count()
     with serve_in_thread(Server(("127.0.0.1", 0), Echo)) as server:
         server_address = server.server_address
         run_clients(32, client)
         server_threads = threading.active_count() - threads_before
-    assert errors == []
     assert server_threads == 2  # the serving loop and the hub
     assert server.statistics().connections == 0
