@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from tests.helpers import IO_TIMEOUT
+from tests.helpers import IO_TIMEOUT, wait_for
 
 green = pytest.importorskip("sockserve.concurrency.green")
 pytest.importorskip("greenlet")
@@ -154,3 +154,28 @@ def test_urgent_data_does_not_stall_a_reader() -> None:
         client.close()
         trigger_out.close()
         assert hub.close(wait=True, timeout=IO_TIMEOUT)
+
+
+def test_idle_greenlets_kept_for_reuse_are_bounded() -> None:
+    """After a burst of concurrent connections, at most IDLE_GREENLETS stay waiting."""
+    hub = green.Hub()
+    burst = green.IDLE_GREENLETS + 36
+    pairs = [socket.socketpair() for _ in range(burst)]
+    try:
+        def echo_once(sock: socket.socket) -> None:
+            with sock:
+                sock.sendall(sock.recv(10))
+
+        for server_end, _ in pairs:  # all waiting at once: one greenlet each
+            hub.submit(hub.adopt(server_end), echo_once)
+        for _, client_end in pairs:
+            client_end.settimeout(IO_TIMEOUT)
+            client_end.sendall(b"x")
+            assert client_end.recv(10) == b"x"
+        wait_for(lambda: len(hub) == 0, what="every connection served")
+        assert len(hub._idle) == green.IDLE_GREENLETS
+    finally:
+        assert hub.close(wait=True, timeout=IO_TIMEOUT)
+        for server_end, client_end in pairs:
+            server_end.close()
+            client_end.close()

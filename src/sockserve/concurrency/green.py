@@ -283,8 +283,8 @@ class Hub:
 
     def _serve(self, sock: Any, serve: Callable[[Any], None]) -> None:
         """A greenlet's life: serve connections, waiting idle between them (a new
-        greenlet costs a fresh frame stack, an mmap, which halves short-connection
-        throughput)."""
+        greenlet costs a fresh frame stack, an mmap: without reuse, short connections
+        ran at 8.05k/s instead of 11.8k/s)."""
         current = getcurrent()
         while True:
             # Each connection in a fresh context; set on the greenlet rather than with
