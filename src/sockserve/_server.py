@@ -15,6 +15,9 @@ from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_fi
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixStreamServer", "UnixDatagramServer"]
 
+# A plain int: socket.MSG_TRUNC is an IntFlag member, and `&` with it runs enum code.
+_MSG_TRUNC = int(socket.MSG_TRUNC)
+
 
 class TCPServer(BaseServer):
     """A stream-socket server; ``AF_UNIX`` subclasses reuse it, as in the stdlib."""
@@ -150,7 +153,7 @@ class UDPServer(TCPServer):
             data, client_addr = listener.recvfrom(self.max_packet_size)
             return (data, listener), client_addr
         data, _, flags, client_addr = listener.recvmsg(self.max_packet_size)
-        if flags & socket.MSG_TRUNC:  # recvmsg(2): the datagram was longer than asked
+        if flags & _MSG_TRUNC:  # recvmsg(2): the datagram was longer than asked
             self._sockserve_counters.oversized += 1
             raise OSError(errno.EMSGSIZE, f"datagram from {client_addr} longer than "
                           f"max_packet_size ({self.max_packet_size} bytes): dropped")

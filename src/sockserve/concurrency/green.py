@@ -61,8 +61,10 @@ _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
 _send = socket.socket.send
 _read1 = io.BufferedReader.read1
-_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
-_WAITALL = getattr(socket, "MSG_WAITALL", 0)
+# Plain ints: socket's MSG_* are IntFlag members, and `flags & socket.MSG_DONTWAIT`
+# runs enum code (0.6 µs, 5 % of a small request on a green socket).
+_DONTWAIT = int(getattr(socket, "MSG_DONTWAIT", 0))
+_WAITALL = int(getattr(socket, "MSG_WAITALL", 0))
 
 
 def require_greenlet() -> None:
