@@ -1,4 +1,15 @@
-"""The datagram side of ``serve()``: one handler task per datagram.
+"""The datagram side of ``serve()``: handlers run by worker tasks the protocol resumes.
+
+A task per datagram costs more than the usual handler itself (about 1.3 µs on
+CPython 3.11, of 8 a datagram in all: creating, registering and finishing the task,
+two trips through the loop).  So from Python 3.11 on a datagram goes to an idle *worker*: a task parked
+between datagrams that ``datagram_received()`` resumes directly, in the task and its
+context (``_aio_driver``), so a handler that does not wait runs to its end inside the
+callback.  A handler that does wait keeps its worker; the next datagram starts another.
+A worker serves datagrams one after another only while its context is unchanged, so
+each handler starts in a fresh context, as in a task of its own; idle workers beyond
+``IDLE_WORKERS`` end.  (On 3.10, where a task takes no context, each datagram still
+gets a task.)
 
 Each datagram goes through the sync servers' rules first (``_aio_admission``): its
 size against ``max_packet_size``, ``unmap_ipv4_clients``, the access list,
@@ -10,11 +21,14 @@ starts and again whenever one of them is assigned on the server (``AsyncMixIn``)
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import errno
 import logging
+import sys
 from typing import TYPE_CHECKING, Any, cast
 
 from ._aio_admission import allowed, oversized
+from ._aio_driver import PENDING, Parking, Resumable, run, suspend
 from ._aio_handlers import AsyncBaseRequestHandler, AsyncDatagramRequestHandler
 from .address import unmap_client_address
 
@@ -34,9 +48,28 @@ DATAGRAM_IGNORED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH,
 # The server options DatagramServing copies (read_options()).
 DATAGRAM_OPTIONS = frozenset({"max_packet_size", "unmap_ipv4_clients", "access_list"})
 
+# Workers take their context argument from Python 3.11 on (see above).
+WORKERS = sys.version_info >= (3, 11)
+# Idle workers kept for the next datagrams; one is enough for handlers that never wait.
+IDLE_WORKERS = 16
+
+
+class DatagramWorker(Resumable):
+    """A task that serves datagrams one at a time, parked while it has none."""
+
+    __slots__ = ("item", "pristine")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._context = contextvars.copy_context()
+        self.pristine = self._context.copy()  # what a handler's fresh context holds
+        self._parking = Parking(loop)
+        # The next datagram: the arguments of _serve_datagram() after the server.
+        self.item: tuple[Any, ...] | None = None
+
 
 class DatagramServing(asyncio.DatagramProtocol):
-    """The datagram endpoint's protocol: one handler task per datagram."""
+    """The datagram endpoint's protocol: hands each datagram to a worker."""
 
     def __init__(self, serving: Serving) -> None:
         self.serving = serving
@@ -44,6 +77,7 @@ class DatagramServing(asyncio.DatagramProtocol):
         self.counters = serving.server._sockserve_counters
         self.transport: asyncio.DatagramTransport | None = None
         self.closed: asyncio.Future[None] = serving.loop.create_future()
+        self.idle: list[DatagramWorker] = []
         self.read_options()
 
     def read_options(self) -> None:
@@ -67,7 +101,7 @@ class DatagramServing(asyncio.DatagramProtocol):
             self._screen(data, addr, transport)
             return
         self.counters.accepted += 1
-        serving.spawn(_serve_datagram(self.server, data, transport, addr))
+        self._dispatch((data, transport, addr))
 
     def _screen(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
         """datagram_received() with a rule to apply."""
@@ -95,7 +129,53 @@ class DatagramServing(asyncio.DatagramProtocol):
         # Replies go to the address the datagram came from, even when the handler is
         # shown it unmapped (an IPv6 socket cannot send to an IPv4 pair).
         reply_to = None if client_address is addr else addr
-        serving.spawn(_serve_datagram(server, data, transport, client_address, reply_to))
+        self._dispatch((data, transport, client_address, reply_to))
+
+    def _dispatch(self, item: tuple[Any, ...]) -> None:
+        """Serve a datagram (``_serve_datagram()``'s arguments) on an idle worker, or
+        a new one."""
+        idle = self.idle
+        while idle:
+            worker = idle.pop()
+            if worker._parking.state == PENDING:  # not cancelled (stop_now() cancels tasks)
+                worker.item = item
+                worker._resume(None, None)  # else its task resumes it, one pass later
+                return
+        if not WORKERS:
+            self.serving.spawn(_serve_datagram(self.server, *item))
+            return
+        worker = DatagramWorker(self.serving.loop)
+        worker.item = item
+        worker._coro = coro = self._work(worker)
+        worker._send = coro.send
+        self.serving.spawn(run(worker), worker._context)
+
+    async def _work(self, worker: DatagramWorker) -> None:
+        """A worker's life: serve the datagrams handed to it while its context stays
+        fresh, parked (in ``idle``) in between."""
+        worker._task = asyncio.current_task()  # already while an eager task starts
+        server, serving, idle = self.server, self.serving, self.idle
+        while (item := worker.item) is not None:
+            worker.item = None
+            await _serve_datagram(server, *item)
+            if not serving.accepting or len(idle) >= IDLE_WORKERS \
+                    or worker._context != worker.pristine:
+                return
+            idle.append(worker)
+            await suspend()
+
+    def retire_workers(self) -> list[asyncio.Task[None]]:
+        """End the idle workers (serving stops); their tasks, no longer counted as
+        handlers, to wait for."""
+        tasks = []
+        for worker in self.idle:
+            task = worker._task
+            if task is not None and worker._parking.state == PENDING:
+                self.serving.tasks.discard(task)
+                task.cancel()
+                tasks.append(task)
+        self.idle.clear()
+        return tasks
 
     def error_received(self, exc: Exception) -> None:
         if getattr(exc, "errno", None) not in DATAGRAM_IGNORED_ERRNOS:

@@ -19,13 +19,17 @@ on its own connection that is most of the cost of a small request, so instead:
 Cancelling the task cancels the parking, which throws ``CancelledError`` into the
 handler where it waits, as for any future.  When the task cannot be entered (another
 task is running), the handler is resumed through the task instead.
+
+``Resumable`` is that machinery for any coroutine: a connection's reader is one, and
+so is a datagram worker (``_aio_datagram``), which waits between datagrams.
 """
 
 from __future__ import annotations
 
 import asyncio
 import types
-from collections.abc import Generator
+from asyncio.tasks import _enter_task, _leave_task
+from collections.abc import Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from ._aio_handlers import AsyncBaseRequestHandler
@@ -55,6 +59,73 @@ PENDING, WOKEN, CANCELLED = range(3)
 def suspend() -> Generator[Any, Any, Any]:
     """Suspend the handler until the connection resumes it; returns what it is sent."""
     return (yield WAIT)
+
+
+class Resumable:
+    """A coroutine run by a task that waits parked, and resumed directly by callbacks
+    while it waits on its own source (a connection's reader, a datagram worker).
+
+    Holds the coroutine, its task and context, the parking and what a direct step left
+    for the task (``_outcome``); ``trampoline()`` is the task's side.
+    """
+
+    __slots__ = ("_coro", "_send", "_context", "_parking", "_parked", "_outcome", "_task",
+                 "_handover")
+
+    def __init__(self) -> None:
+        self._coro: Coroutine[Any, Any, None] | None = None
+        self._send: Any = None  # self._coro.send, bound once
+        self._context: Any = None  # contextvars.Context, once set
+        self._parking: Any = None  # Parking, once set
+        self._parked = False  # the coroutine waits on us now (it yielded WAIT)
+        self._outcome: Outcome | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._handover = 0  # a reader's: >0 while read_some() waits for a chunk
+
+    def _resume(self, value: Any, exc: BaseException | None) -> bool:
+        """Resume the parked coroutine now with *value* (or throw *exc* into it), in its
+        task and context, as its task would.
+
+        Returns False when it did not receive *value*: the task is no longer parked
+        (cancelled or woken meanwhile, it resumes the coroutine itself), or another
+        task is running, so the task is woken to resume it one pass later (with None,
+        or *exc*).  The caller then leaves *value* where the coroutine looks for it.
+        """
+        parking = self._parking
+        if parking.state != PENDING:
+            return False
+        task = self._task
+        assert task is not None
+        loop = parking._loop
+        self._parked = False
+        self._handover = 0
+        try:
+            _enter_task(loop, task)
+        except RuntimeError:
+            self._outcome = (RESUME, None) if exc is None else (THROW, exc)
+            parking.wake()
+            return False
+        outcome: Outcome
+        try:
+            if exc is None:
+                yielded = self._context.run(self._send, value)
+            else:
+                assert self._coro is not None
+                yielded = self._context.run(self._coro.throw, exc)
+        except StopIteration:
+            outcome = (RETURN, None)
+        except BaseException as error:  # the task raises it, as if raised in its step
+            outcome = (RAISE, error)
+        else:
+            if yielded is WAIT:
+                self._parked = True  # waits on us again: the task stays parked
+                return True
+            outcome = (YIELD, yielded)
+        finally:
+            _leave_task(loop, task)
+        self._outcome = outcome
+        parking.wake()
+        return True
 
 
 class Parking:
@@ -153,7 +224,7 @@ async def drive(reader: ConnectionReader, server: Any, request: Any,
         try:
             reader._coro = coro = handler.handle()
             reader._send = coro.send
-            await _trampoline(reader)
+            await trampoline(reader)
         finally:
             reader._coro = reader._send = None
             if handler_class.finish is not AsyncBaseRequestHandler.finish:
@@ -165,8 +236,14 @@ async def drive(reader: ConnectionReader, server: Any, request: Any,
         writer.transport.close()
 
 
+async def run(resumable: Resumable) -> None:
+    """A task's coroutine that runs *resumable*'s (tasks take no bare generator)."""
+    await trampoline(resumable)
+
+
 @types.coroutine
-def _trampoline(reader: ConnectionReader) -> Generator[Any, None, None]:
+def trampoline(reader: Resumable) -> Generator[Any, None, None]:
+    """The task's side of a ``Resumable``: runs its coroutine, parking on WAIT."""
     coro = reader._coro
     assert coro is not None
     parking = reader._parking

@@ -292,6 +292,8 @@ class Serving:
         """
         self.accepting = False
         stream = self.server.socket_type != socket.SOCK_DGRAM
+        # Idle datagram workers are no handlers: they end now, uncounted.
+        retired = [task for endpoint in self.endpoints for task in endpoint.retire_workers()]
         released_before = self.released if self._released_before is None \
             else self._released_before
         busy = len(self.tasks)

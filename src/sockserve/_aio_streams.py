@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import sys
 import types
-from asyncio.tasks import _enter_task, _leave_task
-from collections.abc import Coroutine, Generator
+from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
-from ._aio_driver import PENDING, RAISE, RESUME, RETURN, THROW, WAIT, YIELD, Outcome, suspend
+from ._aio_driver import WAIT, Resumable, suspend
 from ._aio_limits import LIFETIME_EXCEEDED, WRITE_TIMEOUT, ConnectionLimits
 from ._aio_writer import ConnectionWriter, expire
 from ._streams import LineTooLong
@@ -50,7 +49,7 @@ class LineTooLongError(LineTooLong):
     """
 
 
-class ConnectionReader(asyncio.Protocol):
+class ConnectionReader(Resumable, asyncio.Protocol):
     """The receiving side of a connection: awaitable reads over a buffer the transport fills.
 
     Also the connection's asyncio protocol; its ``data_received()`` & co. are for the
@@ -62,17 +61,21 @@ class ConnectionReader(asyncio.Protocol):
             The server's timeouts (``_aio_limits``) apply too; the shorter one wins.
     """
 
-    __slots__ = ("_serving", "_buffer", "_waiter", "_handover", "_eof", "_exception",
+    __slots__ = ("_serving", "_buffer", "_waiter", "_eof", "_exception",
                  "_transport", "_read_paused", "_write_paused", "_drain_waiters",
-                 "_lost", "_closed", "_task", "_coro", "_send", "_context", "_parking", "_parked",
-                 "_outcome", "writer", "_timeout", "_timed", "_limits", "_call_deadline",
-                 "_line_limit", "_admitted", "_host", "_tls", "_life_timer", "__weakref__")
+                 "_lost", "_closed", "writer", "_timeout", "_timed", "_limits",
+                 "_call_deadline", "_line_limit", "_admitted", "_host", "_tls", "_life_timer",
+                 "__weakref__")
 
     def __init__(self, serving: Serving) -> None:
+        # Resumable: when the protocol resumes the handler itself (_aio_driver), the
+        # handler coroutine, its task and context, what the task waits on, whether
+        # the handler waits on this reader now (then _handover > 0: read_some() takes
+        # a chunk of up to that many bytes), and what a direct step left for the task.
+        super().__init__()
         self._serving = serving
         self._buffer = bytearray()
         self._waiter: asyncio.Future[bytes | None] | None = None
-        self._handover = 0  # >0 while read_some() waits: it takes a chunk of up to this
         self._eof = False
         self._exception: BaseException | None = None
         self._transport: asyncio.Transport | None = None
@@ -81,16 +84,6 @@ class ConnectionReader(asyncio.Protocol):
         self._drain_waiters: list[asyncio.Future[None]] = []
         self._lost = False
         self._closed: asyncio.Future[None] | None = None
-        self._task: asyncio.Task[None] | None = None
-        # Set when the protocol resumes the handler itself (_aio_driver): the handler
-        # coroutine, the task's context, what the task waits on, whether the handler
-        # waits on this reader now, and what a direct step left for the task.
-        self._coro: Coroutine[Any, Any, None] | None = None
-        self._send: Any = None  # self._coro.send, bound once
-        self._context: Any = None  # contextvars.Context, once set
-        self._parking: Any = None  # Parking, once set
-        self._parked = False
-        self._outcome: Outcome | None = None
         self.writer: ConnectionWriter | None = None
         self._timeout: float | None = None
         # Whether any wait is bounded (the handler's timeout or the server's limits):
@@ -408,47 +401,10 @@ class ConnectionReader(asyncio.Protocol):
     # -- resuming the handler directly (see _aio_driver) ---------------------------
 
     def _step(self, value: bytes | None, exc: BaseException | None) -> None:
-        """Resume the parked handler now with *value* (or *exc*), as its task would."""
-        parking = self._parking
-        if parking.state != PENDING:
-            # The task was cancelled or woken meanwhile and will resume the handler
-            # itself: leave the data where the handler's read finds it.
-            if value:
-                self._buffer += value
-            return
-        loop, task = self._serving.loop, self._task
-        assert task is not None
-        self._parked = False
-        self._handover = 0
-        try:
-            _enter_task(loop, task)
-        except RuntimeError:
-            # Called from inside another task: resume through ours, one pass later.
-            if value:
-                self._buffer += value
-            self._outcome = (RESUME, None) if exc is None else (THROW, exc)
-            parking.wake()
-            return
-        outcome: Outcome
-        try:
-            if exc is None:
-                yielded = self._context.run(self._send, value)
-            else:
-                assert self._coro is not None
-                yielded = self._context.run(self._coro.throw, exc)
-        except StopIteration:
-            outcome = (RETURN, None)
-        except BaseException as error:  # the task raises it, as if raised in its step
-            outcome = (RAISE, error)
-        else:
-            if yielded is WAIT:
-                self._parked = True  # waits on us again: the task stays parked
-                return
-            outcome = (YIELD, yielded)
-        finally:
-            _leave_task(loop, task)
-        self._outcome = outcome
-        parking.wake()
+        """Resume the parked handler now with *value* (or *exc*), as its task would;
+        if it cannot take *value* now, the data waits in the buffer for its read."""
+        if not self._resume(value, exc) and value:
+            self._buffer += value
 
     def _maybe_resume(self) -> None:
         if self._read_paused and len(self._buffer) <= READ_HIGH_WATER // 2:
@@ -467,7 +423,8 @@ class ConnectionReader(asyncio.Protocol):
         if self._parked:
             handover = self._handover
             if not self._buffer and 0 < len(data) <= handover:
-                self._step(data, None)
+                if not self._resume(data, None):  # _step(), inlined: the hot path
+                    self._buffer += data
                 return
             self._buffer += data
             self._step(None, None)

@@ -17,6 +17,7 @@ import pytest
 
 from sockserve import aio
 from sockserve.errors import SockServeError
+from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all
 
@@ -388,6 +389,116 @@ def test_datagram_handler_error_is_logged(
             assert client.recv(100) == b"fine"
     [record] = [r for r in caplog.records if r.name == "sockserve.server"]
     assert record.exc_info is not None and record.exc_info[0] is ValueError
+
+
+def udp_client() -> socket.socket:
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.settimeout(IO_TIMEOUT)
+    return client
+
+
+def test_datagram_handlers_each_start_in_a_fresh_context_in_a_task(loop_name: LoopName) -> None:
+    """From 3.11 a worker task serves datagram after datagram while its context stays
+    as fresh as a new task's: a handler that sets a variable ends its worker."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+    tasks: list[asyncio.Task[Any]] = []  # held, so that their ids stay distinct
+
+    class Marks(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            tasks.append(task)
+            seen = var.get()
+            if self.packet == b"set":
+                var.set("set")
+            self.send(seen.encode())
+
+    packets = [b"get", b"set", b"get", b"set", b"set"] + [b"get"] * 10
+    server = aio.AsyncUDPServer(LOCALHOST, Marks, loop_factory=loop_name)
+    with serve_in_thread(server), udp_client() as client:
+        for packet in packets:
+            client.sendto(packet, server.server_address)
+            assert client.recv(100) == b"unset"
+    workers = len({id(task) for task in tasks})
+    # A new worker after each "set": (get, set) (get, set) (set) (get x 10).
+    assert workers == (4 if sys.version_info >= (3, 11) else len(packets))
+
+
+def test_datagram_handlers_that_wait_hold_up_nobody(loop_name: LoopName) -> None:
+    """Each waiting handler keeps its own task (asyncio.timeout() relies on it), the
+    next datagrams go to other workers, and all are answered."""
+    gate = asyncio.Event()
+    waiting_tasks: set[asyncio.Task[Any] | None] = set()
+
+    class Gated(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            if self.packet == b"open":
+                gate.set()
+                self.send(b"opened")
+                return
+            waiting_tasks.add(asyncio.current_task())
+            if sys.version_info >= (3, 11):
+                async with asyncio.timeout(IO_TIMEOUT):
+                    await gate.wait()
+            else:
+                await asyncio.wait_for(gate.wait(), IO_TIMEOUT)
+            self.send(self.packet)
+
+    server = aio.AsyncUDPServer(LOCALHOST, Gated, loop_factory=loop_name)
+    waiters = {b"wait %d" % n for n in range(5)}
+    with serve_in_thread(server), udp_client() as client:
+        for packet in sorted(waiters):
+            client.sendto(packet, server.server_address)
+        client.sendto(b"open", server.server_address)
+        replies = {client.recv(100) for _ in range(len(waiters) + 1)}
+        assert replies == waiters | {b"opened"}
+        client.sendto(b"wait again", server.server_address)  # the gate is open now
+        assert client.recv(100) == b"wait again"
+    assert len(waiting_tasks) >= len(waiters) and None not in waiting_tasks
+
+
+def test_datagram_drain_counts_running_handlers_not_idle_workers(
+        loop_name: LoopName, caplog: pytest.LogCaptureFixture) -> None:
+    class Lingering(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            if self.packet == b"stuck":
+                self.send(b"waiting")
+                await asyncio.Event().wait()  # until cancelled
+            elif self.packet == b"polite":
+                self.send(b"waiting")
+                await self.server.wait_draining()
+                self.send(b"bye")
+            else:
+                self.send(self.packet)
+
+    server = aio.AsyncUDPServer(LOCALHOST, Lingering, loop_factory=loop_name)
+    with serve_in_thread(server), udp_client() as client:
+        for packet in (b"stuck", b"polite"):
+            client.sendto(packet, server.server_address)
+            assert client.recv(100) == b"waiting"
+        for _ in range(3):  # served by another worker, idle when the drain comes
+            client.sendto(b"quick", server.server_address)
+            assert client.recv(100) == b"quick"
+        report = server.drain(0.3)
+        assert client.recv(100) == b"bye"
+    assert report == DrainReport(open=2, finished=1, cut=1)
+    assert not [record for record in caplog.records if record.name == "asyncio"]
+
+
+def test_datagrams_after_stop_now_go_to_new_workers(loop_name: LoopName) -> None:
+    """stop_now() cancels every task, idle workers' too: later datagrams are still
+    served (by workers that were not cancelled)."""
+    class Cutter(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            if self.packet == b"cut":
+                self.server.stop_now()  # from the loop's thread: at once
+            self.send(self.packet)
+
+    server = aio.AsyncUDPServer(LOCALHOST, Cutter, loop_factory=loop_name)
+    with serve_in_thread(server), udp_client() as client:
+        for packet in (b"one", b"cut", b"two", b"cut", b"three"):
+            client.sendto(packet, server.server_address)
+            assert client.recv(100) == packet
 
 
 def test_setup_handle_finish_order(loop_name: LoopName) -> None:
