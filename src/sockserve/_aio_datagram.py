@@ -9,7 +9,7 @@ callback.  A handler that does wait keeps its worker; the next datagram starts a
 A worker serves datagrams one after another only while its context is unchanged, so
 each handler starts in a fresh context, as in a task of its own; idle workers beyond
 ``IDLE_WORKERS`` end.  (On 3.10, where a task takes no context, each datagram still
-gets a task.)
+gets a worker of its own.)
 
 Each datagram goes through the sync servers' rules first (``_aio_admission``): its
 size against ``max_packet_size``, ``unmap_ipv4_clients``, the access list,
@@ -64,8 +64,8 @@ class DatagramWorker(Resumable):
         self._context = contextvars.copy_context()
         self.pristine = self._context.copy()  # what a handler's fresh context holds
         self._parking = Parking(loop)
-        # The next datagram: the arguments of _serve_datagram() after the server.
-        self.item: tuple[Any, ...] | None = None
+        # The next datagram: (packet, transport, client_address, reply_to or None).
+        self.item: tuple[bytes, Any, Any, Any] | None = None
 
 
 class DatagramServing(asyncio.DatagramProtocol):
@@ -101,7 +101,7 @@ class DatagramServing(asyncio.DatagramProtocol):
             self._screen(data, addr, transport)
             return
         self.counters.accepted += 1
-        self._dispatch((data, transport, addr))
+        self._dispatch((data, transport, addr, None))
 
     def _screen(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
         """datagram_received() with a rule to apply."""
@@ -131,9 +131,8 @@ class DatagramServing(asyncio.DatagramProtocol):
         reply_to = None if client_address is addr else addr
         self._dispatch((data, transport, client_address, reply_to))
 
-    def _dispatch(self, item: tuple[Any, ...]) -> None:
-        """Serve a datagram (``_serve_datagram()``'s arguments) on an idle worker, or
-        a new one."""
+    def _dispatch(self, item: tuple[bytes, Any, Any, Any]) -> None:
+        """Serve a datagram (a worker's ``item``) on an idle worker, or a new one."""
         idle = self.idle
         while idle:
             worker = idle.pop()
@@ -141,9 +140,6 @@ class DatagramServing(asyncio.DatagramProtocol):
                 worker.item = item
                 worker._resume(None, None)  # else its task resumes it, one pass later
                 return
-        if not WORKERS:
-            self.serving.spawn(_serve_datagram(self.server, *item))
-            return
         worker = DatagramWorker(self.serving.loop)
         worker.item = item
         worker._coro = coro = self._work(worker)
@@ -152,13 +148,32 @@ class DatagramServing(asyncio.DatagramProtocol):
 
     async def _work(self, worker: DatagramWorker) -> None:
         """A worker's life: serve the datagrams handed to it while its context stays
-        fresh, parked (in ``idle``) in between."""
+        fresh, parked (in ``idle``) in between; each datagram's handler is made, set up,
+        run and finished here, its errors go to ``handle_error()``."""
         worker._task = asyncio.current_task()  # already while an eager task starts
         server, serving, idle = self.server, self.serving, self.idle
         while (item := worker.item) is not None:
             worker.item = None
-            await _serve_datagram(server, *item)
-            if not serving.accepting or len(idle) >= IDLE_WORKERS \
+            packet, transport, client_address, reply_to = item
+            handler: AsyncDatagramRequestHandler | None = None
+            try:
+                handler = server.RequestHandlerClass(packet, transport, client_address, server)
+                if reply_to is not None:
+                    handler._reply_to = reply_to
+                handler_class = type(handler)
+                # The inherited setup() and finish() (with nothing in wfile) do
+                # nothing: not calling them saves two coroutines per datagram.
+                if handler_class.setup is not _NO_SETUP:
+                    await handler.setup()
+                try:
+                    await handler.handle()
+                finally:
+                    if handler_class.finish is not _DATAGRAM_FINISH or handler._wfile is not None:
+                        await handler.finish()
+            except Exception:
+                request = handler.request if handler is not None else (packet, None)
+                server.handle_error(request, client_address)
+            if not WORKERS or not serving.accepting or len(idle) >= IDLE_WORKERS \
                     or worker._context != worker.pristine:
                 return
             idle.append(worker)
@@ -184,25 +199,3 @@ class DatagramServing(asyncio.DatagramProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)
-
-
-async def _serve_datagram(server: Any, packet: bytes, transport: asyncio.DatagramTransport,
-                          client_address: Any, reply_to: Any = None) -> None:
-    handler: AsyncDatagramRequestHandler | None = None
-    try:
-        handler = server.RequestHandlerClass(packet, transport, client_address, server)
-        if reply_to is not None:
-            handler._reply_to = reply_to
-        handler_class = type(handler)
-        # The inherited setup() and finish() (with nothing in wfile) do nothing: not
-        # calling them saves two coroutines per datagram.
-        if handler_class.setup is not _NO_SETUP:
-            await handler.setup()
-        try:
-            await handler.handle()
-        finally:
-            if handler_class.finish is not _DATAGRAM_FINISH or handler._wfile is not None:
-                await handler.finish()
-    except Exception:
-        request = handler.request if handler is not None else (packet, None)
-        server.handle_error(request, client_address)

@@ -74,8 +74,10 @@ class AsyncDatagramRequestHandler(AsyncBaseRequestHandler):
         # dual-stack socket unmapped (unmap_ipv4_clients).
         self._reply_to = client_address
         self.server = server
-        self._rfile: io.BytesIO | None = None
-        self._wfile: io.BytesIO | None = None
+
+    # Made on first use (and None until then: class attributes, one store less each).
+    _rfile: io.BytesIO | None = None
+    _wfile: io.BytesIO | None = None
 
     @property
     def request(self) -> tuple[bytes, Any]:
