@@ -34,11 +34,12 @@ class GreenMixIn(_ConcurrencyMixIn):
 
     @property
     def hub(self) -> Hub:
-        """The server's hub, started on first use (after a pre-fork, in the worker)."""
+        """The server's hub, started on first use (after a pre-fork, in the worker),
+        and again should it fail (its connections end; see ``Hub``)."""
         hub = self._green_hub
-        if hub is None:
+        if hub is None or hub.failed:
             with self._green_hub_lock:
-                if self._green_hub is None:
+                if self._green_hub is None or self._green_hub.failed:
                     self._green_hub = Hub(name=f"{type(self).__name__}-hub")
                 hub = self._green_hub
         return hub

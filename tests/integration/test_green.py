@@ -115,6 +115,32 @@ def test_a_failing_connection_leaves_the_others_serving(
     assert any(record.exc_info and record.exc_info[0] is fault for record in caplog.records)
 
 
+def test_a_failed_hub_ends_its_connections_and_a_new_hub_serves_the_next(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the hub: its connections end (handle_error(), closed, no longer
+    counted open) instead of hanging, and later connections get a fresh hub."""
+    with serve_in_thread(make(LineEcho)) as server:
+        with connect(server.server_address) as waiting:
+            waiting.sendall(b"hi\n")
+            assert waiting.recv(10) == b"HI\n"
+            hub = server.hub
+            wait_for(lambda: any(sock._waiter is not None
+                                 for sock in list(hub._sockets.values())),
+                     what="the connection waiting on the hub")
+            hub._timers.add(0.0, object())  # the bug: a timer whose waiter is no greenlet
+            hub._wake()
+            assert recv_all(waiting) == b""
+        wait_for(lambda: server.statistics().connections == 0, what="the connection released")
+        wait_for(lambda: not hub.alive, what="the failed hub's thread to end")
+        with connect(server.server_address) as later:
+            later.sendall(b"again\n")
+            assert later.recv(10) == b"AGAIN\n"
+        assert server.hub is not hub
+    assert any(record.levelname == "CRITICAL" for record in caplog.records)
+    assert any(record.exc_info and record.exc_info[0] is ConnectionAbortedError
+               for record in caplog.records)
+
+
 def test_socket_timeouts_and_non_blocking_calls_behave_as_on_a_plain_socket() -> None:
     seen: dict[str, Any] = {}
     ready, got_data, done = threading.Event(), threading.Event(), threading.Event()

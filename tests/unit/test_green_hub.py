@@ -179,3 +179,68 @@ def test_idle_greenlets_kept_for_reuse_are_bounded() -> None:
         for server_end, client_end in pairs:
             server_end.close()
             client_end.close()
+
+
+def test_a_failing_hub_ends_its_connections_instead_of_abandoning_them(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A bug in the hub loop must not leave connections hanging: each one waiting on
+    the hub gets ConnectionAbortedError (its clean-up runs), and the hub takes no more."""
+    hub = green.Hub()
+    pairs = [socket.socketpair() for _ in range(3)]
+    outcomes: list[BaseException] = []
+    try:
+        def serve(sock: socket.socket) -> None:
+            try:
+                sock.recv(1)  # waits on the hub
+            except ConnectionAbortedError as exc:
+                outcomes.append(exc)
+                sock.sendall(b"cleaned up")  # would wait, were the buffer full: fails fast
+            finally:
+                sock.close()
+
+        for server_end, _ in pairs:
+            hub.submit(hub.adopt(server_end), serve)
+        wait_for(lambda: len(hub._sockets) == 3
+                 and all(sock._waiter is not None for sock in list(hub._sockets.values())),
+                 what="three connections waiting on the hub")
+        hub._timers.add(0.0, object())  # the bug: a timer whose waiter is no greenlet
+        hub._wake()
+        hub._thread.join(IO_TIMEOUT)
+        assert not hub.alive and hub.failed
+        assert len(outcomes) == 3
+        for _, client_end in pairs:
+            client_end.settimeout(IO_TIMEOUT)
+            assert client_end.recv(20) == b"cleaned up"
+            assert client_end.recv(1) == b""  # closed
+        late, late_peer = socket.socketpair()
+        adopted = hub.adopt(late)
+        with pytest.raises(RuntimeError, match="hub has failed"):
+            hub.submit(adopted, serve)
+        adopted.close()
+        late_peer.close()
+    finally:
+        hub.close(wait=True, timeout=IO_TIMEOUT)
+        for server_end, client_end in pairs:
+            server_end.close()
+            client_end.close()
+    assert any(record.levelname == "CRITICAL" for record in caplog.records)
+
+
+def test_closing_a_stopped_hub_again_writes_to_no_reused_descriptor() -> None:
+    """The hub's wake-up descriptor is closed when it stops; a second close() must not
+    write to whatever file has its number by then (server_close() twice)."""
+    hub = green.Hub()
+    wakeup = hub._wakeup
+    assert hub.close(wait=True, timeout=IO_TIMEOUT)
+    a, b = socket.socketpair()  # the lowest free numbers: the hub's old ones
+    try:
+        assert wakeup in (a.fileno(), b.fileno())
+        hub._wake_pending = False  # as after the hub's last pass
+        assert hub.close(wait=True, timeout=IO_TIMEOUT)
+        for end in (a, b):
+            end.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                end.recv(8)
+    finally:
+        a.close()
+        b.close()

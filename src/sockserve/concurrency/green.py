@@ -152,6 +152,7 @@ class Hub:
         self._submit_lock = threading.Lock()
         self._idle: list[Any] = []  # greenlets waiting for their next connection
         self._closing = False
+        self._failed = False  # the hub loop raised (a bug): see _fail()
         self._greenlet: Any = None  # the hub thread's own (main) greenlet
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -164,6 +165,11 @@ class Hub:
     def alive(self) -> bool:
         """Whether the hub thread still runs (it stops once closed and empty)."""
         return self._thread.is_alive()
+
+    @property
+    def failed(self) -> bool:
+        """Whether the hub stopped on an error of its own (it serves no more)."""
+        return self._failed
 
     # -- any thread ------------------------------------------------------------
 
@@ -200,7 +206,8 @@ class Hub:
         """
         with self._submit_lock:  # against close(): counted here means served
             if self._closing:
-                raise RuntimeError("the hub is closed")
+                raise RuntimeError("the hub has failed" if self._failed
+                                   else "the hub is closed")
             self.watch(green)
             self._submitted += 1
         self._inbox.append((green, serve))
@@ -223,7 +230,9 @@ class Hub:
         # One eventfd write per batch of submissions; _take_inbox() clears the flag.
         if not self._wake_pending:
             self._wake_pending = True
-            os.eventfd_write(self._wakeup, 1)
+            with self._submit_lock:  # not once _run() has closed it: the number is reused
+                if self._wakeup >= 0:
+                    os.eventfd_write(self._wakeup, 1)
 
     # -- the hub thread ----------------------------------------------------------
 
@@ -257,15 +266,36 @@ class Hub:
                     for waiter in timers.pop_due(time.monotonic()):
                         waiter.switch(_TIMED_OUT)
         except BaseException:
-            logger.critical("the green hub failed; its connections are abandoned",
-                            exc_info=True)
-            raise
+            logger.critical("the green hub failed; ending its connections", exc_info=True)
+            self._fail()
         finally:
             for worker in self._idle:
                 worker.throw()  # GreenletExit: it ends where it waits
             self._idle.clear()
             epoll.close()
-            os.close(wakeup)
+            with self._submit_lock:
+                os.close(wakeup)
+                self._wakeup = -1
+
+    def _fail(self) -> None:
+        """After an error in the hub loop (a bug): end the connections rather than
+        abandon them.  Each handler waiting on the hub, and each one still in the inbox
+        at its first wait, gets ConnectionAbortedError, so its own error handling and
+        clean-up run (handle_error(), the socket closed, the connection released);
+        ``submit()`` refuses new ones."""
+        with self._submit_lock:
+            self._closing = self._failed = True
+        for sock in list(self._sockets.values()):
+            waiter = sock._waiter
+            if waiter is not None:
+                try:
+                    waiter.throw(ConnectionAbortedError("the green hub failed"))
+                except BaseException:
+                    logger.exception("a green connection failed to end")
+        try:
+            self._take_inbox()
+        except BaseException:
+            logger.exception("green connections not yet started failed to end")
 
     def _take_inbox(self) -> None:
         # In this order: a submit() that saw _wake_pending still set appended its
@@ -336,6 +366,8 @@ class Hub:
         if current.parent is not self._greenlet:  # not a connection's greenlet
             _poll_wait(sock, write, timeout)
             return
+        if self._failed:  # nobody would wake it
+            raise ConnectionAbortedError("the green hub failed")
         sock._waiter = current
         sock._wants_write = write
         timer = None if timeout is None else \
