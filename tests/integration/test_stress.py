@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import socket
 import threading
 import tracemalloc
@@ -11,6 +13,7 @@ from typing import Any
 import pytest
 
 import sockserve
+from sockserve import aio
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all
 from tests.integration.test_pool import DatagramEcho, Echo
@@ -137,6 +140,51 @@ def test_udp_thread_pool_answers_every_datagram() -> None:
         stats = server.statistics()
     assert missing == [0] * 8
     assert stats.pool is not None and stats.pool.workers <= 16
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+def test_async_datagram_workers_answer_every_datagram_in_a_fresh_context() -> None:
+    # 8 clients, 2,000 datagrams each, 20 in flight per client.  Every 7th handler
+    # waits (keeping its worker while the next datagrams go to others), every 5th
+    # sets a context variable (ending its worker): every reply must still report
+    # the variable unset, as a fresh context has it.
+    var: contextvars.ContextVar[bytes] = contextvars.ContextVar("var", default=b"unset")
+
+    class Mixed(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            number = int(self.packet.split(b":")[1])
+            seen = var.get()
+            if number % 7 == 0:
+                await asyncio.sleep(0)
+            if number % 5 == 0:
+                var.set(b"set")
+            self.send(self.packet + b"=" + seen)
+
+    def client(n: int) -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(IO_TIMEOUT)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            wanted = set()
+            for i in range(2_000):
+                payload = b"%d:%d" % (n, i)
+                sock.sendto(payload, server_address)
+                wanted.add(payload + b"=unset")
+                if len(wanted) >= 20:
+                    wanted.discard(sock.recv(100))
+            try:
+                while wanted:
+                    wanted.discard(sock.recv(100))
+            finally:
+                missing.append(len(wanted))  # a lost or wrong reply: recv() times out
+
+    missing: list[int] = []
+    with serve_in_thread(aio.AsyncUDPServer(("127.0.0.1", 0), Mixed)) as server:
+        server_address = server.server_address
+        run_clients(8, client)
+        stats = server.statistics()
+    assert missing == [0] * 8
+    assert stats.accepted == 8 * 2_000
 
 
 @pytest.mark.stress
