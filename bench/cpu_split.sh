@@ -2,8 +2,13 @@
 # A server's CPU per request split into user (Python, the loop) and system (kernel) time.
 #
 #   bench/cpu_split.sh PORT MODE CONNS -- SERVER COMMAND...
-#   e.g. bench/cpu_split.sh 47001 echo 50 -- .venv/bench/bin/python asyncio_protocol.py --uvloop
-#        bench/cpu_split.sh 47002 udp 50 -- .venv/bench/bin/python sockserve_async.py --udp
+#   e.g. bench/cpu_split.sh 23001 echo 50 -- .venv/bench/bin/python asyncio_protocol.py --uvloop
+#        bench/cpu_split.sh 23002 udp 50 -- .venv/bench/bin/python sockserve_async.py --udp
+#        bench/cpu_split.sh 23003 echo 1000 -- ../build/echo_epoll tcp {port}
+#
+# The server gets "--port PORT", or PORT in place of "{port}" in its arguments.  Pick
+# a PORT outside the ephemeral range (32768-60999 on Linux), which the load
+# generator's own connections may still hold.
 #
 # Runs the server (from bench/servers, on CPU 0) and the C load generator (CPU 1, built
 # by run.py) for 5 s, and reads the server's utime/stime from /proc over 2 s of it.
@@ -12,7 +17,10 @@ set -eu
 PORT=$1; MODE=$2; CONNS=$3; shift 4
 BENCH=$(cd "$(dirname "$0")" && pwd)
 cd "$BENCH/servers"
-taskset -c 0 "$@" --port "$PORT" > /dev/null 2>&1 &
+ARGS=()
+for arg in "$@"; do ARGS+=("${arg//\{port\}/$PORT}"); done
+[[ " $* " == *"{port}"* ]] || ARGS+=(--port "$PORT")
+taskset -c 0 "${ARGS[@]}" > /dev/null 2>&1 &
 SERVER=$!
 trap 'kill $SERVER 2>/dev/null' EXIT
 sleep 1.5  # the server binds and announces itself
