@@ -6,10 +6,13 @@ two trips through the loop).  So from Python 3.11 on a datagram goes to an idle 
 between datagrams that ``datagram_received()`` resumes directly, in the task and its
 context (``_aio_driver``), so a handler that does not wait runs to its end inside the
 callback.  A handler that does wait keeps its worker; the next datagram starts another.
-A worker serves datagrams one after another only while its context is unchanged, so
-each handler starts in a fresh context, as in a task of its own; idle workers beyond
-``IDLE_WORKERS`` end.  (On 3.10, where a task takes no context, each datagram still
-gets a worker of its own.)
+Each datagram's handler runs in a fresh ``contextvars`` context of its own (the worker
+runs it there, apart from its task's), as in a task of its own.  The task is shared by
+the datagrams a worker serves one after another, as aiohttp shares a connection's
+task between its requests; a worker whose task a handler changed in ways that could
+reach the next one (a done callback added, a cancellation swallowed) ends instead of
+serving again.  Idle workers beyond ``IDLE_WORKERS`` end.  (On 3.10, where a task
+takes no context, each datagram still gets a worker of its own.)
 
 Each datagram goes through the sync servers' rules first (``_aio_admission``): its
 size against ``max_packet_size``, ``unmap_ipv4_clients``, the access list,
@@ -55,17 +58,28 @@ IDLE_WORKERS = 16
 
 
 class DatagramWorker(Resumable):
-    """A task that serves datagrams one at a time, parked while it has none."""
+    """A task that serves datagrams one at a time, parked while it has none; each
+    datagram's handler runs in the fresh context ``_dispatch()`` gives it."""
 
-    __slots__ = ("item", "pristine")
+    __slots__ = ("item",)
+    own_context = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
-        self._context = contextvars.copy_context()
-        self.pristine = self._context.copy()  # what a handler's fresh context holds
         self._parking = Parking(loop)
         # The next datagram: (packet, transport, client_address, reply_to or None).
         self.item: tuple[bytes, Any, Any, Any] | None = None
+
+
+class WorkerTask(asyncio.Task):  # type: ignore[type-arg]
+    """A worker's task, which counts the done callbacks added to it: one added by a
+    handler would run only when the worker ends, late, so the worker then ends."""
+
+    callbacks_added = 0
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        self.callbacks_added += 1
+        super().add_done_callback(fn, context=context)
 
 
 class DatagramServing(asyncio.DatagramProtocol):
@@ -138,23 +152,29 @@ class DatagramServing(asyncio.DatagramProtocol):
             worker = idle.pop()
             if worker._parking.state == PENDING:  # not cancelled (stop_now() cancels tasks)
                 worker.item = item
+                worker._context = contextvars.copy_context()  # as create_task() would
                 worker._resume(None, None)  # else its task resumes it, one pass later
                 return
         worker = DatagramWorker(self.serving.loop)
         worker.item = item
+        worker._context = contextvars.copy_context()
         worker._coro = coro = self._work(worker)
         worker._send = coro.send
-        self.serving.spawn(run(worker), worker._context)
+        # The task's own context is a separate copy: its steps enter it, then the
+        # worker's (a context cannot be entered twice).
+        self.serving.spawn(run(worker), contextvars.copy_context(),
+                           WorkerTask if WORKERS else None)
 
     async def _work(self, worker: DatagramWorker) -> None:
-        """A worker's life: serve the datagrams handed to it while its context stays
-        fresh, parked (in ``idle``) in between; each datagram's handler is made, set up,
-        run and finished here, its errors go to ``handle_error()``."""
-        worker._task = asyncio.current_task()  # already while an eager task starts
+        """A worker's life: serve the datagrams handed to it, parked (in ``idle``) in
+        between; each datagram's handler is made, set up, run and finished here, its
+        errors go to ``handle_error()``."""
+        # Already while an eager task starts.  A WorkerTask from 3.11 on (WORKERS).
+        worker._task = task = cast(WorkerTask, asyncio.current_task())
         server, serving, idle = self.server, self.serving, self.idle
         while (item := worker.item) is not None:
-            worker.item = None
             packet, transport, client_address, reply_to = item
+            worker.item = item = None  # not kept alive while the worker waits
             handler: AsyncDatagramRequestHandler | None = None
             try:
                 handler = server.RequestHandlerClass(packet, transport, client_address, server)
@@ -171,10 +191,15 @@ class DatagramServing(asyncio.DatagramProtocol):
                     if handler_class.finish is not _DATAGRAM_FINISH or handler._wfile is not None:
                         await handler.finish()
             except Exception:
-                request = handler.request if handler is not None else (packet, None)
-                server.handle_error(request, client_address)
-            if not WORKERS or not serving.accepting or len(idle) >= IDLE_WORKERS \
-                    or worker._context != worker.pristine:
+                server.handle_error(handler.request if handler is not None
+                                    else (packet, None), client_address)
+            del handler, packet  # not kept alive while the worker waits
+            if not WORKERS or not serving.accepting or len(idle) >= IDLE_WORKERS:
+                return
+            # Reused only if no handler changed its task in a way the next one would
+            # inherit.  One callback is Serving.spawn()'s, added once the task is tracked
+            # (on 3.12+ the first datagram is served before that).
+            if task.cancelling() or task.callbacks_added != (task in serving.tasks):
                 return
             idle.append(worker)
             await suspend()

@@ -72,6 +72,11 @@ class Resumable:
     __slots__ = ("_coro", "_send", "_context", "_parking", "_parked", "_outcome", "_task",
                  "_handover")
 
+    # Whether _context is the coroutine's own, apart from its task's: the task then
+    # runs the coroutine in it too (a datagram worker gives each datagram a fresh one).
+    # Otherwise _context is the task's (a connection's).
+    own_context = False
+
     def __init__(self) -> None:
         self._coro: Coroutine[Any, Any, None] | None = None
         self._send: Any = None  # self._coro.send, bound once
@@ -253,7 +258,11 @@ def trampoline(reader: Resumable) -> Generator[Any, None, None]:
     while True:
         if kind == RESUME or kind == THROW:
             try:
-                yielded = coro.send(None) if kind == RESUME else coro.throw(payload)
+                if reader.own_context:
+                    yielded = reader._context.run(coro.send, None) if kind == RESUME \
+                        else reader._context.run(coro.throw, payload)
+                else:
+                    yielded = coro.send(None) if kind == RESUME else coro.throw(payload)
             except StopIteration:
                 return
         elif kind == YIELD:

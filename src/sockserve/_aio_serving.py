@@ -122,21 +122,26 @@ class Serving:
         self.request_stop()
 
     def spawn(self, coro: Coroutine[Any, Any, None],
-              context: contextvars.Context | None = None) -> asyncio.Task[None] | None:
+              context: contextvars.Context | None = None,
+              task_class: type[asyncio.Task[None]] | None = None) -> asyncio.Task[None] | None:
         """Run a handler coroutine as a task, tracked until it ends.
 
         On Python 3.12+ the task starts eagerly: a handler runs up to its first real
         wait inside the callback that received the connection or datagram, which saves
         a trip through the loop; one that completes right away needs no scheduling.
+        *task_class* (Python 3.11+): an ``asyncio.Task`` subclass to make it with.
         """
         if sys.version_info >= (3, 12):
             self.spawning = True  # the task runs its first step before it is tracked
             try:
-                task = asyncio.Task(coro, loop=self.loop, context=context, eager_start=True)
+                task = (task_class or asyncio.Task)(coro, loop=self.loop, context=context,
+                                                    eager_start=True)
             finally:
                 self.spawning = False
             if task.done():
                 return None
+        elif task_class is not None:
+            task = task_class(coro, loop=self.loop, context=context)
         elif sys.version_info >= (3, 11):
             task = self.loop.create_task(coro, context=context)
         else:
@@ -334,6 +339,8 @@ class Serving:
                     if reader._transport is not None:
                         reader._transport.abort()
                 await asyncio.wait([self._all_closed], timeout=CLOSE_TIMEOUT)
+        if retired:
+            await asyncio.wait(retired)
         return self.report
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import importlib.util
 import logging
 import os
 import socket
 import sys
 import threading
+import weakref
 from collections.abc import Coroutine, Iterator
 from typing import Any, Literal, TypeVar
 
@@ -19,7 +21,7 @@ from sockserve import aio
 from sockserve.errors import SockServeError
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
 T = TypeVar("T")
 LoopName = Literal["asyncio", "uvloop"]
@@ -398,8 +400,8 @@ def udp_client() -> socket.socket:
 
 
 def test_datagram_handlers_each_start_in_a_fresh_context_in_a_task(loop_name: LoopName) -> None:
-    """From 3.11 a worker task serves datagram after datagram while its context stays
-    as fresh as a new task's: a handler that sets a variable ends its worker."""
+    """From 3.11 one worker task serves datagram after datagram (a task each cost more
+    than a small handler), yet each handler starts in a context of its own."""
     var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
     tasks: list[asyncio.Task[Any]] = []  # held, so that their ids stay distinct
 
@@ -420,8 +422,41 @@ def test_datagram_handlers_each_start_in_a_fresh_context_in_a_task(loop_name: Lo
             client.sendto(packet, server.server_address)
             assert client.recv(100) == b"unset"
     workers = len({id(task) for task in tasks})
-    # A new worker after each "set": (get, set) (get, set) (set) (get x 10).
-    assert workers == (4 if sys.version_info >= (3, 11) else len(packets))
+    assert workers == (1 if sys.version_info >= (3, 11) else len(packets))
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11's")
+def test_a_worker_whose_task_a_handler_changed_serves_no_more(loop_name: LoopName) -> None:
+    """A done callback added to the task runs when the handler is done with it, not
+    when the worker ends some day; a swallowed cancellation reaches no later handler;
+    a served handler is not kept alive by its idle worker."""
+    ran: list[str] = []
+    handlers: list[weakref.ref[aio.AsyncDatagramRequestHandler]] = []
+
+    class Meddling(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.append(weakref.ref(self))
+            if self.packet == b"callback":
+                task.add_done_callback(lambda _: ran.append("callback"))
+            elif self.packet == b"swallow":
+                task.cancel()
+                try:
+                    await asyncio.sleep(IO_TIMEOUT)
+                except asyncio.CancelledError:
+                    pass  # swallowed, without uncancel()
+            self.send(b"%d" % task.cancelling())
+
+    server = aio.AsyncUDPServer(LOCALHOST, Meddling, loop_factory=loop_name)
+    with serve_in_thread(server), udp_client() as client:
+        for packet, reply in [(b"plain", b"0"), (b"callback", b"0"), (b"plain", b"0"),
+                              (b"swallow", b"1"), (b"plain", b"0")]:
+            client.sendto(packet, server.server_address)
+            assert client.recv(100) == reply
+        wait_for(lambda: ran == ["callback"], what="the done callback to run")
+        wait_for(lambda: not gc.collect() and all(ref() is None for ref in handlers),
+                 what="every served handler to be freed")
 
 
 def test_datagram_handlers_that_wait_hold_up_nobody(loop_name: LoopName) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import collections
+import os
 import socket
+import sys
 import threading
 
 import pytest
@@ -224,6 +227,58 @@ def test_a_failing_hub_ends_its_connections_instead_of_abandoning_them(
             server_end.close()
             client_end.close()
     assert any(record.levelname == "CRITICAL" for record in caplog.records)
+
+
+def test_a_connection_submitted_while_the_hub_fails_is_ended_too() -> None:
+    """submit() counts and queues a connection in one step: a failing hub that takes
+    its inbox meanwhile either sees it (and ends it) or refuses it, never loses it."""
+    appending, release = threading.Event(), threading.Event()
+
+    class SlowInbox(collections.deque):  # type: ignore[type-arg]
+        def append(self, item: object) -> None:
+            appending.set()
+            release.wait(IO_TIMEOUT)  # the hub fails while the connection is on its way
+            super().append(item)
+
+    hub = green.Hub()
+    hub._inbox = SlowInbox()
+    server_end, client_end = socket.socketpair()
+    client_end.settimeout(IO_TIMEOUT)
+
+    def serve(sock: socket.socket) -> None:
+        try:
+            sock.recv(1)
+        except ConnectionAbortedError:
+            pass
+        finally:
+            sock.close()
+
+    submitter = threading.Thread(target=hub.submit, args=(hub.adopt(server_end), serve))
+    try:
+        submitter.start()
+        assert appending.wait(IO_TIMEOUT)
+        hub._timers.add(0.0, object())  # the bug: a timer whose waiter is no greenlet
+        os.eventfd_write(hub._wakeup, 1)  # (_wake() would wait for submit()'s lock)
+
+        def failing_hub_waits_for_the_submission() -> bool:
+            frame = sys._current_frames().get(hub._thread.ident or 0)
+            return frame is not None and frame.f_code.co_name == "_fail" \
+                and hub._submit_lock.locked()
+
+        # The hub fails meanwhile: it has ended, or it waits in _fail() for submit()'s
+        # lock (where submit() queues while holding it).
+        wait_for(lambda: not hub.alive or failing_hub_waits_for_the_submission(),
+                 what="the hub to fail")
+        release.set()
+        submitter.join(IO_TIMEOUT)
+        assert client_end.recv(1) == b""  # ended, not left hanging
+        hub._thread.join(IO_TIMEOUT)
+        assert hub.failed and not hub.alive
+    finally:
+        release.set()
+        hub.close(wait=True, timeout=IO_TIMEOUT)
+        server_end.close()
+        client_end.close()
 
 
 def test_closing_a_stopped_hub_again_writes_to_no_reused_descriptor() -> None:

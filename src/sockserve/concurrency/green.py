@@ -204,13 +204,13 @@ class Hub:
         Raises:
             RuntimeError: the hub is closed (the caller still owns *green*).
         """
-        with self._submit_lock:  # against close(): counted here means served
+        with self._submit_lock:  # against close() and _fail(): counted here means served
             if self._closing:
                 raise RuntimeError("the hub has failed" if self._failed
                                    else "the hub is closed")
             self.watch(green)
             self._submitted += 1
-        self._inbox.append((green, serve))
+            self._inbox.append((green, serve))  # before _fail() takes the inbox
         self._wake()
 
     def close(self, wait: bool = True, timeout: float | None = None) -> bool:
