@@ -2,17 +2,17 @@
 
 A task per datagram costs more than the usual handler itself (about 1.3 µs on
 CPython 3.11, of 8 a datagram in all: creating, registering and finishing the task,
-two trips through the loop).  So from Python 3.11 on a datagram goes to an idle *worker*: a task parked
-between datagrams that ``datagram_received()`` resumes directly, in the task and its
-context (``_aio_driver``), so a handler that does not wait runs to its end inside the
-callback.  A handler that does wait keeps its worker; the next datagram starts another.
-Each datagram's handler runs in a fresh ``contextvars`` context of its own (the worker
-runs it there, apart from its task's), as in a task of its own.  The task is shared by
-the datagrams a worker serves one after another, as aiohttp shares a connection's
-task between its requests; a worker whose task a handler changed in ways that could
-reach the next one (a done callback added, a cancellation swallowed) ends instead of
-serving again.  Idle workers beyond ``IDLE_WORKERS`` end.  (On 3.10, where a task
-takes no context, each datagram still gets a worker of its own.)
+two trips through the loop).  So from Python 3.11 on a datagram goes to an idle
+*worker*: a task parked between datagrams that ``datagram_received()`` resumes
+directly, as its task would (``_aio_driver``), so a handler that does not wait runs to
+its end inside the callback.  A handler that does wait keeps its worker; the next
+datagram takes another, or starts one.  Each handler runs in a fresh ``contextvars``
+context of its own, apart from the task's, as in a task of its own.  The task itself
+is shared by the datagrams a worker serves one after another (as aiohttp shares a
+connection's task between its requests); a worker whose task a handler changed in a
+way the next one would inherit (a done callback added, a cancellation swallowed) ends
+instead of serving again.  Idle workers beyond ``IDLE_WORKERS`` end.  (On 3.10, where
+a task takes no context, each datagram still gets a worker of its own.)
 
 Each datagram goes through the sync servers' rules first (``_aio_admission``): its
 size against ``max_packet_size``, ``unmap_ipv4_clients``, the access list,
