@@ -146,10 +146,16 @@ def _session_stats(sid: int) -> list[list[str]]:
     return found
 
 
-def cpu_seconds(sid: int) -> float:
-    """utime + stime + cutime + cstime of every process in the session, in seconds."""
-    ticks = sum(sum(int(f) for f in fields[12:16]) for fields in _session_stats(sid))
-    return ticks / CLK_TCK
+def cpu_seconds(sid: int) -> tuple[float, float]:
+    """utime + stime + cutime + cstime of every process in the session, and the user
+    part of it (utime + cutime: the interpreter and the loop, not the kernel), in
+    seconds."""
+    total = user = 0
+    for fields in _session_stats(sid):
+        utime, stime, cutime, cstime = (int(f) for f in fields[12:16])
+        total += utime + stime + cutime + cstime
+        user += utime + cutime
+    return total / CLK_TCK, user / CLK_TCK
 
 
 def busy_seconds() -> float:
@@ -202,7 +208,7 @@ def run_loadgen(argv: list[str], cpu: int, sid: int, timeout: float,
                             stderr=subprocess.PIPE, text=True, preexec_fn=_pinned(cpu))
     assert proc.stdout is not None and proc.stdin is not None
     deadline = time.monotonic() + timeout
-    marks: dict[str, tuple[float, float]] = {}
+    marks: dict[str, tuple[tuple[float, float], float]] = {}
     report: dict[str, Any] | None = None
     try:
         while report is None:
@@ -226,8 +232,10 @@ def run_loadgen(argv: list[str], cpu: int, sid: int, timeout: float,
         err = proc.stderr.read() if proc.stderr else ""
         raise ServerFailed(f"load generator gave no report: {err[-500:]}")
     if "window_start" in marks and "window_end" in marks:
-        (server0, busy0), (server1, busy1) = marks["window_start"], marks["window_end"]
+        ((server0, user0), busy0), ((server1, user1), busy1) = \
+            marks["window_start"], marks["window_end"]
         report["server_cpu_s"] = server1 - server0
+        report["server_user_s"] = user1 - user0
         loadgen = report["loadgen_cpu_pct"] / 100 * report["duration_s"]
         report["noise_cpu_s"] = max(0.0, busy1 - busy0 - (server1 - server0) - loadgen)
     return report

@@ -59,6 +59,8 @@ def derive(report: dict[str, Any], window: float) -> dict[str, Any]:
     cpu = report.get("server_cpu_s")
     requests = report.get("requests", 0)
     out["cpu_us_per_req"] = cpu / requests * 1e6 if cpu is not None and requests else None
+    user = report.get("server_user_s")
+    out["user_us_per_req"] = user / requests * 1e6 if user is not None and requests else None
     out["server_cpu_pct"] = cpu / window * 100 if cpu is not None and window else None
     noise = report.get("noise_cpu_s")
     out["noise_pct"] = noise / window * 100 if noise is not None and window else None
@@ -84,8 +86,8 @@ def throughput_table(rounds: list[Round], names: list[str], refs: list[str],
                      unit: str, show_mb: bool, conns: int) -> str:
     """The table of a request/response scenario (echo, short, udp)."""
     headers = ["server", f"{unit}/s"] + (["MB/s"] if show_mb else []) + [
-        "p50 µs", "p99 µs", "CPU µs/req", "srv CPU%", "noise%", f"stalled/{conns}", "err",
-        "lost"]
+        "p50 µs", "p99 µs", "CPU µs/req", "user µs/req", "srv CPU%", "noise%",
+        f"stalled/{conns}", "err", "lost"]
     refs = [r for r in refs if any(r in rnd for rnd in rounds)]
     for ref in refs:
         headers += [f"CPU/req ×{ref}", f"{unit}/s ×{ref}"]
@@ -99,6 +101,7 @@ def throughput_table(rounds: list[Round], names: list[str], refs: list[str],
         row += [spread(_values(rounds, name, "p50_us")),
                 spread(_values(rounds, name, "p99_us")),
                 spread(_values(rounds, name, "cpu_us_per_req")),
+                spread(_values(rounds, name, "user_us_per_req")),
                 spread(_values(rounds, name, "server_cpu_pct"), lambda v: f"{v:.0f}"),
                 spread(_values(rounds, name, "noise_pct"), lambda v: f"{v:.0f}"),
                 spread(_values(rounds, name, "stalled"), lambda v: f"{v:.0f}"),
