@@ -108,6 +108,28 @@ def test_thread_pool_under_mixed_load_loses_nothing_and_stays_bounded() -> None:
     assert stats.rejected == 0
 
 
+def unanswered_datagrams(address: Any, n: int, reply: Callable[[bytes], bytes]) -> int:
+    """Client *n* sends 2,000 datagrams, 20 in flight, and counts those whose expected
+    reply (``reply(payload)``) never came: a lost or a wrong reply leaves one behind
+    (recv() then times out)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(IO_TIMEOUT)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        wanted = set()
+        try:
+            for i in range(2_000):
+                payload = b"%d:%d" % (n, i)
+                sock.sendto(payload, address)
+                wanted.add(reply(payload))
+                if len(wanted) >= 20:
+                    wanted.discard(sock.recv(100))
+            while wanted:
+                wanted.discard(sock.recv(100))
+        except TimeoutError:
+            pass
+        return len(wanted)
+
+
 @pytest.mark.stress
 @pytest.mark.timeout(600)
 def test_udp_thread_pool_answers_every_datagram() -> None:
@@ -116,27 +138,10 @@ def test_udp_thread_pool_answers_every_datagram() -> None:
         max_workers = 16
         max_queue = 1024
 
-    def client(n: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(IO_TIMEOUT)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            wanted = set()
-            for i in range(2_000):
-                payload = b"%d:%d" % (n, i)
-                sock.sendto(payload, server_address)
-                wanted.add(payload)
-                if len(wanted) >= 20:
-                    wanted.discard(sock.recv(100))
-            try:
-                while wanted:
-                    wanted.discard(sock.recv(100))
-            finally:
-                missing.append(len(wanted))  # a lost reply: recv() times out
-
     missing: list[int] = []
     with serve_in_thread(Server(("127.0.0.1", 0), DatagramEcho)) as server:
-        server_address = server.server_address
-        run_clients(8, client)
+        run_clients(8, lambda n: missing.append(
+            unanswered_datagrams(server.server_address, n, lambda payload: payload)))
         stats = server.statistics()
     assert missing == [0] * 8
     assert stats.pool is not None and stats.pool.workers <= 16
@@ -161,27 +166,10 @@ def test_async_datagram_workers_answer_every_datagram_in_a_fresh_context() -> No
                 var.set(b"set")
             self.send(self.packet + b"=" + seen)
 
-    def client(n: int) -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(IO_TIMEOUT)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-            wanted = set()
-            for i in range(2_000):
-                payload = b"%d:%d" % (n, i)
-                sock.sendto(payload, server_address)
-                wanted.add(payload + b"=unset")
-                if len(wanted) >= 20:
-                    wanted.discard(sock.recv(100))
-            try:
-                while wanted:
-                    wanted.discard(sock.recv(100))
-            finally:
-                missing.append(len(wanted))  # a lost or wrong reply: recv() times out
-
     missing: list[int] = []
     with serve_in_thread(aio.AsyncUDPServer(("127.0.0.1", 0), Mixed)) as server:
-        server_address = server.server_address
-        run_clients(8, client)
+        run_clients(8, lambda n: missing.append(
+            unanswered_datagrams(server.server_address, n, lambda p: p + b"=unset")))
         stats = server.statistics()
     assert missing == [0] * 8
     assert stats.accepted == 8 * 2_000
