@@ -61,7 +61,7 @@ class DatagramWorker(Resumable):
     """A task that serves datagrams one at a time, parked while it has none; each
     datagram's handler runs in the fresh context ``_dispatch()`` gives it."""
 
-    __slots__ = ("item",)
+    __slots__ = ("item", "vacant")
     own_context = True
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -69,17 +69,27 @@ class DatagramWorker(Resumable):
         self._parking = Parking(loop)
         # The next datagram: (packet, transport, client_address, reply_to or None).
         self.item: tuple[bytes, Any, Any, Any] | None = None
+        # Its context while it waits: the last handler's, and all it holds, is let go.
+        self.vacant = contextvars.Context()
 
 
 class WorkerTask(asyncio.Task):  # type: ignore[type-arg]
-    """A worker's task, which counts the done callbacks added to it: one added by a
-    handler would run only when the worker ends, late, so the worker then ends."""
+    """A worker's task.  It counts the done callbacks added to it (one added by a
+    handler would run only when the worker ends, late, so the worker then ends), and
+    its ``get_context()`` is the running handler's, as a task of its own would show."""
 
     callbacks_added = 0
+    worker: DatagramWorker | None = None
 
     def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
         self.callbacks_added += 1
         super().add_done_callback(fn, context=context)
+
+    def get_context(self) -> contextvars.Context:  # (Python 3.12+)
+        worker = self.worker
+        if worker is not None:
+            return cast(contextvars.Context, worker._context)
+        return cast(contextvars.Context, getattr(super(), "get_context")())
 
 
 class DatagramServing(asyncio.DatagramProtocol):
@@ -169,8 +179,12 @@ class DatagramServing(asyncio.DatagramProtocol):
         """A worker's life: serve the datagrams handed to it, parked (in ``idle``) in
         between; each datagram's handler is made, set up, run and finished here, its
         errors go to ``handle_error()``."""
-        # Already while an eager task starts.  A WorkerTask from 3.11 on (WORKERS).
-        worker._task = task = cast(WorkerTask, asyncio.current_task())
+        worker._task = task = asyncio.current_task()  # already while an eager task starts
+        # Reused for the next datagrams only as a WorkerTask: from 3.11 on (WORKERS),
+        # and not when a task factory on the loop made the task.
+        reusable = task if isinstance(task, WorkerTask) else None
+        if reusable is not None:
+            reusable.worker = worker
         server, serving, idle = self.server, self.serving, self.idle
         while (item := worker.item) is not None:
             packet, transport, client_address, reply_to = item
@@ -194,13 +208,15 @@ class DatagramServing(asyncio.DatagramProtocol):
                 server.handle_error(handler.request if handler is not None
                                     else (packet, None), client_address)
             del handler, packet  # not kept alive while the worker waits
-            if not WORKERS or not serving.accepting or len(idle) >= IDLE_WORKERS:
+            if reusable is None or not serving.accepting or len(idle) >= IDLE_WORKERS:
                 return
             # Reused only if no handler changed its task in a way the next one would
             # inherit.  One callback is Serving.spawn()'s, added once the task is tracked
             # (on 3.12+ the first datagram is served before that).
-            if task.cancelling() or task.callbacks_added != (task in serving.tasks):
+            if reusable.cancelling() \
+                    or reusable.callbacks_added != (reusable in serving.tasks):
                 return
+            worker._context = worker.vacant
             idle.append(worker)
             await suspend()
 

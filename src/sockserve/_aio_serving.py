@@ -126,26 +126,32 @@ class Serving:
               task_class: type[asyncio.Task[None]] | None = None) -> asyncio.Task[None] | None:
         """Run a handler coroutine as a task, tracked until it ends.
 
-        On Python 3.12+ the task starts eagerly: a handler runs up to its first real
-        wait inside the callback that received the connection or datagram, which saves
-        a trip through the loop; one that completes right away needs no scheduling.
-        *task_class* (Python 3.11+): an ``asyncio.Task`` subclass to make it with.
+        A task factory set on the loop makes the task, as for ``loop.create_task()``.
+        Otherwise, on Python 3.12+ the task starts eagerly: a handler runs up to its
+        first real wait inside the callback that received the connection or datagram,
+        which saves a trip through the loop; one that completes right away needs no
+        scheduling.  *task_class* (Python 3.11+, no task factory): an ``asyncio.Task``
+        subclass to make it with.
         """
-        if sys.version_info >= (3, 12):
-            self.spawning = True  # the task runs its first step before it is tracked
-            try:
-                task = (task_class or asyncio.Task)(coro, loop=self.loop, context=context,
+        loop = self.loop
+        self.spawning = True  # the task may run its first step before it is tracked
+        try:
+            if loop.get_task_factory() is not None:
+                task = loop.create_task(coro, context=context) \
+                    if sys.version_info >= (3, 11) else loop.create_task(coro)
+            elif sys.version_info >= (3, 12):
+                task = (task_class or asyncio.Task)(coro, loop=loop, context=context,
                                                     eager_start=True)
-            finally:
-                self.spawning = False
-            if task.done():
-                return None
-        elif task_class is not None:
-            task = task_class(coro, loop=self.loop, context=context)
-        elif sys.version_info >= (3, 11):
-            task = self.loop.create_task(coro, context=context)
-        else:
-            task = self.loop.create_task(coro)
+            elif task_class is not None:
+                task = task_class(coro, loop=loop, context=context)
+            elif sys.version_info >= (3, 11):
+                task = loop.create_task(coro, context=context)
+            else:
+                task = loop.create_task(coro)
+        finally:
+            self.spawning = False
+        if task.done():
+            return None
         self.tasks.add(task)
         # Given a context, the callback costs no copy of the current one.
         if context is None and sys.version_info >= (3, 12):

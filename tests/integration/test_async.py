@@ -413,7 +413,11 @@ def test_datagram_handlers_each_start_in_a_fresh_context_in_a_task(loop_name: Lo
             seen = var.get()
             if self.packet == b"set":
                 var.set("set")
-            self.send(seen.encode())
+            # The task shows the handler's context, as a task of its own would.
+            shown = True
+            if sys.version_info >= (3, 12):
+                shown = task.get_context().get(var, "unset") == var.get()
+            self.send(seen.encode() + (b"" if shown else b", but the task shows another"))
 
     packets = [b"get", b"set", b"get", b"set", b"set"] + [b"get"] * 10
     server = aio.AsyncUDPServer(LOCALHOST, Marks, loop_factory=loop_name)
@@ -429,21 +433,25 @@ def test_datagram_handlers_each_start_in_a_fresh_context_in_a_task(loop_name: Lo
 def test_a_worker_whose_task_a_handler_changed_serves_no_more(loop_name: LoopName) -> None:
     """A done callback added to the task runs when the handler is done with it, not
     when the worker ends some day; a swallowed cancellation reaches no later handler;
-    a served handler is not kept alive by its idle worker."""
+    a served handler is not kept alive by its idle worker, nor by its context."""
     ran: list[str] = []
     handlers: list[weakref.ref[aio.AsyncDatagramRequestHandler]] = []
+    current: contextvars.ContextVar[object] = contextvars.ContextVar("current")
 
     class Meddling(aio.AsyncDatagramRequestHandler):
         async def handle(self) -> None:
             task = asyncio.current_task()
             assert task is not None
             handlers.append(weakref.ref(self))
+            current.set(self)  # as a logging or tracing helper would
             if self.packet == b"callback":
                 task.add_done_callback(lambda _: ran.append("callback"))
             elif self.packet == b"swallow":
                 task.cancel()
                 try:
-                    await asyncio.sleep(IO_TIMEOUT)
+                    # (Not a sleep: asyncio keeps a cancelled timer, and the context
+                    # it was scheduled in, until the time it was set for.)
+                    await asyncio.Event().wait()
                 except asyncio.CancelledError:
                     pass  # swallowed, without uncancel()
             self.send(b"%d" % task.cancelling())
@@ -518,6 +526,43 @@ def test_datagram_drain_counts_running_handlers_not_idle_workers(
         assert client.recv(100) == b"bye"
     assert report == DrainReport(open=2, finished=1, cut=1)
     assert not [record for record in caplog.records if record.name == "asyncio"]
+
+
+def test_a_task_factory_on_the_loop_makes_the_handler_tasks(loop_name: LoopName) -> None:
+    """A task factory (instrumentation, say) sees every handler's task, stream or
+    datagram, on every version: then no task is started eagerly or reused."""
+    class Marked(asyncio.Task):  # type: ignore[type-arg]
+        pass
+
+    def factory(loop: asyncio.AbstractEventLoop, coro: Any, **kwargs: Any) -> Marked:
+        return Marked(coro, loop=loop, **kwargs)
+
+    def new_loop() -> asyncio.AbstractEventLoop:
+        if loop_name == "uvloop":
+            import uvloop
+
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+        else:
+            loop = asyncio.SelectorEventLoop()
+        loop.set_task_factory(factory)
+        return loop
+
+    class Stream(aio.AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            self.writer.write(b"%d" % isinstance(asyncio.current_task(), Marked))
+
+    class Datagram(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            self.send(b"%d" % isinstance(asyncio.current_task(), Marked))
+
+    with serve_in_thread(aio.AsyncTCPServer(LOCALHOST, Stream, loop_factory=new_loop)) \
+            as stream_server:
+        assert exchange(stream_server.server_address, b"") == b"1"
+    datagram_server = aio.AsyncUDPServer(LOCALHOST, Datagram, loop_factory=new_loop)
+    with serve_in_thread(datagram_server) as server, udp_client() as client:
+        for _ in range(3):
+            client.sendto(b"?", server.server_address)
+            assert client.recv(10) == b"1"
 
 
 def test_datagrams_after_stop_now_go_to_new_workers(loop_name: LoopName) -> None:
