@@ -282,6 +282,10 @@ class Serving:
             return
         for task in self.tasks:
             task.cancel()
+        if self.spawning:  # called by a handler in its eager first step: not tracked yet
+            current = asyncio.current_task()
+            if current is not None:
+                current.cancel()
         for reader in self.connections:
             if reader._transport is not None:
                 reader._transport.close()

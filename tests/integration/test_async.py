@@ -528,6 +528,26 @@ def test_datagram_drain_counts_running_handlers_not_idle_workers(
     assert not [record for record in caplog.records if record.name == "asyncio"]
 
 
+def test_stop_now_from_a_handler_cancels_that_handler_too(loop_name: LoopName) -> None:
+    """Even from the very first step of the first handler (on 3.12+ it runs eagerly,
+    before its task is tracked)."""
+    class Cut(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            self.server.stop_now()
+            try:
+                await asyncio.sleep(0)
+            except asyncio.CancelledError:
+                self.send(b"cancelled")
+                raise
+            self.send(b"went on")
+
+    server = aio.AsyncUDPServer(LOCALHOST, Cut, loop_factory=loop_name)
+    with serve_in_thread(server), udp_client() as client:
+        for _ in range(2):  # the first datagram, then one on a running server
+            client.sendto(b"cut", server.server_address)
+            assert client.recv(100) == b"cancelled"
+
+
 def test_a_task_factory_on_the_loop_makes_the_handler_tasks(loop_name: LoopName) -> None:
     """A task factory (instrumentation, say) sees every handler's task, stream or
     datagram, on every version: then no task is started eagerly or reused."""
