@@ -211,7 +211,8 @@ async def drive(reader: ConnectionReader, server: Any, request: Any,
                 client_address: Any, handshake: StartedHandshake | None = None) -> None:
     """The connection task's coroutine: the TLS handshake if there is one, then the
     handler's ``setup()``, ``handle()`` (through the trampoline, so that the protocol
-    can resume it) and ``finish()``."""
+    can resume it; on Python 3.10, without parking, the task resumes it) and
+    ``finish()``."""
     reader._task = asyncio.current_task()  # already while an eager task starts
     if handshake is not None:
         if not await finish_handshake(reader._serving, reader, handshake, client_address):
@@ -227,9 +228,12 @@ async def drive(reader: ConnectionReader, server: Any, request: Any,
         if handler_class.setup is not AsyncBaseRequestHandler.setup:
             await handler.setup()
         try:
-            reader._coro = coro = handler.handle()
-            reader._send = coro.send
-            await trampoline(reader)
+            if reader._parking is None:
+                await handler.handle()
+            else:
+                reader._coro = coro = handler.handle()
+                reader._send = coro.send
+                await trampoline(reader)
         finally:
             reader._coro = reader._send = None
             if handler_class.finish is not AsyncBaseRequestHandler.finish:

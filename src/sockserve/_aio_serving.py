@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from ._aio_admission import admit, allowed
 from ._aio_driver import Parking, drive
-from ._aio_handlers import AsyncBaseRequestHandler
 from ._aio_limits import ConnectionLimits
 from ._aio_streams import RECEIVE_BUFFER_SIZE, ConnectionReader
-from ._aio_tls import StartedHandshake, finish_handshake, start_handshake
+from ._aio_tls import start_handshake
 from ._server import BaseServer
 from .address import unmap_client_address
 from .stats import DrainReport
@@ -35,9 +34,6 @@ if TYPE_CHECKING:
     from ._aio_datagram import DatagramServing
 
 logger = logging.getLogger("sockserve.aio")
-
-_NO_SETUP = AsyncBaseRequestHandler.setup
-_NO_FINISH = AsyncBaseRequestHandler.finish
 
 # After shutdown() cancels the handlers still running, how long they get to finish
 # (their finally blocks and finish() run), and then how long closing connections get
@@ -203,15 +199,13 @@ class Serving:
                                         client_address)
             if handshake is None:
                 return
+        context = None
         if DIRECT_RESUME:
             # The protocol resumes handle() itself while it waits on the connection
             # (_aio_driver); the task runs the rest, in the same context.
             reader._context = context = contextvars.copy_context()
             reader._parking = Parking(self.loop)
-            self.spawn(drive(reader, server, request, client_address, handshake), context)
-        else:
-            reader._task = self.spawn(
-                _serve_stream(server, reader, request, client_address, handshake))
+        self.spawn(drive(reader, server, request, client_address, handshake), context)
 
     def connection_lost(self, reader: ConnectionReader) -> None:
         self.connections.discard(reader)
@@ -352,32 +346,6 @@ class Serving:
         if retired:
             await asyncio.wait(retired)
         return self.report
-
-
-async def _serve_stream(server: Any, reader: ConnectionReader, request: Any,
-                        client_address: Any, handshake: StartedHandshake | None) -> None:
-    """A connection's task on Python 3.10, where its task resumes the handler."""
-    if handshake is not None and \
-            not await finish_handshake(reader._serving, reader, handshake, client_address):
-        return
-    writer = reader.writer
-    assert writer is not None
-    try:
-        handler: AsyncBaseRequestHandler = server.RequestHandlerClass(
-            reader, writer, client_address, server)
-        handler_class = type(handler)
-        if handler_class.setup is not _NO_SETUP:
-            await handler.setup()
-        try:
-            await handler.handle()
-        finally:
-            if handler_class.finish is not _NO_FINISH:
-                await handler.finish()
-    except Exception:
-        server.handle_error(request, client_address)
-    finally:
-        # As TCPServer.shutdown_request(): the client sees EOF once the data is sent.
-        writer.transport.close()
 
 
 def _readable(sock: Any) -> bool:
