@@ -429,6 +429,25 @@ def test_datagram_handlers_each_start_in_a_fresh_context_in_a_task(loop_name: Lo
     assert workers == (1 if sys.version_info >= (3, 11) else len(packets))
 
 
+def test_a_datagram_handler_keeps_its_context_across_its_waits(loop_name: LoopName) -> None:
+    """What a handler sets before it waits is still set after (its worker's task then
+    resumes it, in the handler's own context), and the next handler starts fresh."""
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    class SetThenWait(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            before = var.get()
+            var.set(self.packet.decode())
+            await asyncio.sleep(0)
+            self.send(f"{before}/{var.get()}".encode())
+
+    server = aio.AsyncUDPServer(LOCALHOST, SetThenWait, loop_factory=loop_name)
+    with serve_in_thread(server), udp_client() as client:
+        for packet in (b"one", b"two", b"three"):
+            client.sendto(packet, server.server_address)
+            assert client.recv(100) == b"unset/" + packet
+
+
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="Task.cancelling() is 3.11's")
 def test_a_worker_whose_task_a_handler_changed_serves_no_more(loop_name: LoopName) -> None:
     """A done callback added to the task runs when the handler is done with it, not
