@@ -75,6 +75,9 @@ TCP_SERVERS = {
                                              " workers=2 worker_cpu_affinity=True",
     "sockserve_async": "{python} {servers}/sockserve_async.py",
     "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
+    # Not a server to use: the same async handler with no task, context or limits, on
+    # uvloop; the least a coroutine per message can cost (coroutine_floor.py).
+    "coroutine_floor": "{python} {servers}/coroutine_floor.py",
 }
 UDP_SERVERS = {
     "c_epoll_udp": "{build}/echo_epoll udp 0",
@@ -93,6 +96,7 @@ UDP_SERVERS = {
                                               " reuse_port_per_worker=True",
     "sockserve_async_udp": "{python} {servers}/sockserve_async.py --udp",
     "sockserve_async_asyncio_udp": "{python} {servers}/sockserve_async.py --udp --loop asyncio",
+    "coroutine_floor_udp": "{python} {servers}/coroutine_floor.py --udp",
 }
 REFERENCES = "c_epoll,stdlib_threading,c_epoll_udp,stdlib_threading_udp"
 # The C server in its never-sleeping mode, measured in every round of the request/response
