@@ -204,6 +204,8 @@ class BaseServer:
             if self.__shutdown_request:
                 break
             for listener in requests_ready:
+                if not self._sockserve_has_capacity():
+                    break  # the rest wait in their backlogs (several listeners ready)
                 self.__accept_from(listener)
             self.service_actions()
 
@@ -429,11 +431,16 @@ class BaseServer:
         logger.warning("rejecting %s: %s", client_address, reason)
         if self.busy_reply is not None:
             try:
+                # Never block the loop on a client that does not read.
                 if isinstance(request, tuple):  # a datagram: (data, socket)
                     request[1].sendto(self.busy_reply, client_address)
-                else:
-                    # Never block the loop on a client that does not read.
+                elif isinstance(request, ssl.SSLSocket):  # after its handshake
+                    request.setblocking(False)  # TLS takes no MSG_DONTWAIT
+                    request.send(self.busy_reply)
+                elif self.ssl_context is None:
                     request.send(self.busy_reply, socket.MSG_DONTWAIT)
+                # else: a TLS client before its handshake; plaintext would be garbage
+                # to it, so it is only closed.
             except OSError:
                 pass  # gone, or its buffer is full: it is closed anyway
         self.shutdown_request(request)

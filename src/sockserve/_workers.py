@@ -64,9 +64,11 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Queue the request for a worker, or apply the overload policy."""
         if self.overload == "pause":
-            # serve_forever() only accepts while there is room, so this waits only
-            # under handle_request(), where waiting is what the caller asked for.
-            self.pool.submit(request, client_address)
+            # serve_forever() accepts only while there is room; a request it accepted
+            # anyway (a resize or a drain's backlog in between) is queued past
+            # max_queue, never waited for: the loop must not stall.  Under
+            # handle_request() the caller waits for room, as it asked to.
+            self.pool.submit(request, client_address, wait=self._sockserve_selector is None)
         elif not self.pool.submit_nowait(request, client_address):
             self.reject_request(request, client_address, "thread pool full")
 
@@ -90,9 +92,13 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
         return dataclasses.replace(super().statistics(), pool=self.pool.statistics())
 
     def server_close(self) -> None:
+        pool = self._pool_instance
+        if pool is not None and getattr(self, "socket_type", None) == socket.SOCK_DGRAM:
+            # Datagram handlers reply through the server's socket: close it after them.
+            pool.close(wait=self.block_on_close)
         super().server_close()
-        if self._pool_instance is not None:
-            self._pool_instance.close(wait=self.block_on_close)
+        if pool is not None:
+            pool.close(wait=self.block_on_close)
 
 
 class ThreadPoolTCPServer(ThreadPoolMixIn, TCPServer):

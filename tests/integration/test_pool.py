@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -10,9 +11,11 @@ from typing import Any
 import pytest
 
 import sockserve
+from sockserve.address import bind_sockets
 from sockserve.concurrency.pool import PoolStatistics
+from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 
 
 class Gate:
@@ -281,3 +284,154 @@ def test_many_clients_never_more_threads_than_max_workers() -> None:
     assert results == [b"%d\n" % n for n in range(60)]
     assert max(seen) <= 4
 
+
+
+# -- the serving loop never waits for the pool ----------------------------------------
+
+def stop_in_thread(server: sockserve.ThreadPoolTCPServer) -> threading.Thread:
+    """shutdown() in a thread, so that a test can tell when it does not return."""
+    stopper = threading.Thread(target=server.shutdown)
+    stopper.start()
+    return stopper
+
+
+def test_two_listeners_ready_at_once_take_only_the_room_there_is() -> None:
+    gate = Gate()
+    socks = bind_sockets("127.0.0.1:0") + bind_sockets("127.0.0.1:0")
+    server_type = type("Server", (sockserve.ThreadPoolTCPServer,),
+                       {"max_workers": 1, "max_queue": 0})
+    server = server_type.from_sockets(socks, gated_echo(gate))
+    first, second = (connect(address) for address in server.server_addresses)
+    try:
+        first.sendall(b"1\n")
+        second.sendall(b"2\n")  # both wait in their backlogs before the loop starts
+        with serve_in_thread(server):
+            gate.wait_entered(1)
+            stopper = stop_in_thread(server)  # the loop must not be stuck in submit()
+            stopper.join(IO_TIMEOUT)
+            assert not stopper.is_alive(), "the serving loop waits for a pool slot"
+            assert server.statistics().accepted == 1  # the other one stayed in its backlog
+            gate.released.set()
+    finally:
+        gate.released.set()
+        first.close()
+        second.close()
+
+
+def test_shrinking_the_pool_does_not_stall_the_loop() -> None:
+    gate = Gate()
+    server = pool_server(gated_echo(gate), max_workers=2, max_queue=0)
+    with serve_in_thread(server):
+        with connect(server.server_address) as held:
+            held.sendall(b"held\n")
+            gate.wait_entered(1)
+            server.set_max_workers(1)  # full now: the loop stops accepting
+            with connect(server.server_address) as waiting:
+                waiting.sendall(b"waiting\n")
+                stopper = stop_in_thread(server)
+                stopper.join(IO_TIMEOUT)
+                assert not stopper.is_alive(), "the serving loop waits for a pool slot"
+                gate.released.set()
+                assert recv_all(held) == b"held\n"
+
+
+def test_draining_the_backlog_of_a_full_pool_keeps_its_deadline() -> None:
+    entered = threading.Semaphore(0)
+
+    class Persistent(Echo):
+        def setup(self) -> None:
+            super().setup()
+            entered.release()
+
+    server = pool_server(Persistent, max_workers=1, max_queue=0)
+    with serve_in_thread(server):
+        with connect(server.server_address) as held:
+            assert entered.acquire(timeout=IO_TIMEOUT)
+            with connect(server.server_address) as in_backlog:
+                in_backlog.sendall(b"late\n")
+                reports: list[DrainReport] = []
+                drainer = threading.Thread(
+                    target=lambda: reports.append(server.drain(0.2, backlog=True)))
+                drainer.start()
+                drainer.join(IO_TIMEOUT)
+                assert not drainer.is_alive(), "drain() overran its deadline"
+                # Both connections were cut at the deadline; the one from the backlog
+                # was taken in and, queued past the limit, is served once a worker is
+                # free: it reads the end of its connection.
+                assert reports[0].cut == 2
+                assert recv_all(held) == b""
+                assert recv_all(in_backlog) in (b"", b"late\n")
+
+
+def test_tls_busy_reply_is_sent_over_tls(ca: Any, server_ctx: ssl.SSLContext,
+                                         caplog: pytest.LogCaptureFixture) -> None:
+    gate = Gate()
+    server = pool_server(gated_echo(gate), max_workers=1, max_queue=0, overload="reject",
+                         busy_reply=b"busy\n", ssl_context=server_ctx)
+    client_context = client_ctx(ca)
+    with serve_in_thread(server):
+        with client_context.wrap_socket(connect(server.server_address),
+                                        server_hostname="127.0.0.1") as first:
+            first.sendall(b"first\n")
+            gate.wait_entered(1)
+            with client_context.wrap_socket(connect(server.server_address),
+                                            server_hostname="127.0.0.1") as second:
+                assert second.recv(100) == b"busy\n"
+            gate.released.set()
+            assert first.recv(100) == b"first\n"
+    assert server.statistics().rejected == 1
+    assert not [r for r in caplog.records if r.exc_info], "the busy reply raised"
+
+
+def test_a_pool_slot_freed_while_a_handshake_waits_resumes_accepting(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    # max_workers 2: one busy handler and one client in its TLS handshake fill the
+    # pool's room, so the loop pauses.  When the handler ends, the loop must be woken
+    # at once (not after poll_interval, here never, nor after the handshake timeout).
+    gate = Gate()
+    server = pool_server(gated_echo(gate), max_workers=2, max_queue=0,
+                         ssl_context=server_ctx, handshake_timeout=60.0)
+    client_context = client_ctx(ca)
+    with serve_in_thread(server, poll_interval=None):
+        with client_context.wrap_socket(connect(server.server_address),
+                                        server_hostname="127.0.0.1") as busy, \
+                connect(server.server_address) as silent:
+            busy.sendall(b"busy\n")
+            gate.wait_entered(1)
+            wait_for(lambda: server.statistics().tls_in_progress == 1, what="the handshake")
+            gate.released.set()
+            assert recv_all(busy) == b"busy\n"
+            with client_context.wrap_socket(connect(server.server_address),
+                                            server_hostname="127.0.0.1") as third:
+                third.sendall(b"third\n")
+                assert third.recv(100) == b"third\n"
+            silent.close()
+
+
+def test_server_close_answers_queued_datagrams_before_closing_the_socket() -> None:
+    release = threading.Event()
+    entered = threading.Event()
+
+    class Hold(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            if self.packet == b"hold":
+                entered.set()
+                assert release.wait(IO_TIMEOUT)
+            self.wfile.write(self.packet)
+
+    server = pool_server(Hold, server_class=sockserve.ThreadPoolUDPServer, max_workers=1,
+                         max_queue=4)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(IO_TIMEOUT)
+        with serve_in_thread(server):
+            client.sendto(b"hold", server.server_address)
+            assert entered.wait(IO_TIMEOUT)
+            for packet in (b"q1", b"q2"):
+                client.sendto(packet, server.server_address)
+            wait_for(lambda: pool_stats(server).queued == 2, what="two queued datagrams")
+            server.shutdown()
+            closer = threading.Thread(target=server.server_close)
+            closer.start()
+            release.set()
+            closer.join(IO_TIMEOUT)
+        assert [client.recv(100) for _ in range(3)] == [b"hold", b"q1", b"q2"]

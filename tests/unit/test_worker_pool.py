@@ -113,3 +113,116 @@ def test_no_request_waits_behind_long_ones_while_a_worker_is_free(
     finally:
         release.set()
         assert pool.close(timeout=IO_TIMEOUT)
+
+
+def fail_next_thread_start(monkeypatch: Any) -> None:
+    """The next ``Thread.start()`` fails as when the process may not start more threads."""
+    real_start = threading.Thread.start
+    failed = False
+
+    def start(thread: threading.Thread) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise RuntimeError("can't start new thread")
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+
+
+def test_a_request_no_worker_can_take_is_refused_not_left_queued(monkeypatch: Any) -> None:
+    ran = []
+    done = threading.Semaphore(0)
+
+    def run(request: Any, client_address: Any) -> None:
+        ran.append(request)
+        done.release()
+
+    pool = WorkerPool(run, max_workers=1, max_queue=0)
+    try:
+        fail_next_thread_start(monkeypatch)
+        try:
+            pool.submit_nowait("first", None)
+        except RuntimeError:
+            pass
+        else:
+            raise AssertionError("a request with no worker to run it was accepted")
+        assert pool.statistics().queued == 0  # no phantom holding the only slot
+        assert pool.submit_nowait("second", None)
+        assert done.acquire(timeout=IO_TIMEOUT)
+        assert ran == ["second"]
+    finally:
+        pool.close(timeout=IO_TIMEOUT)
+
+
+def test_a_request_queues_when_busy_workers_will_come_back(monkeypatch: Any) -> None:
+    release = threading.Event()
+    started = threading.Event()
+    done = threading.Semaphore(0)
+
+    def run(request: Any, client_address: Any) -> None:
+        if request == "long":
+            started.set()
+            assert release.wait(IO_TIMEOUT)
+        done.release()
+
+    pool = WorkerPool(run, max_workers=2, max_queue=2)
+    try:
+        assert pool.submit_nowait("long", None)
+        assert started.wait(IO_TIMEOUT)
+        fail_next_thread_start(monkeypatch)
+        assert pool.submit_nowait("next", None)  # no second thread, but it waits its turn
+        assert pool.statistics().queued == 1
+        release.set()
+        for _ in range(2):
+            assert done.acquire(timeout=IO_TIMEOUT)
+        assert pool.statistics().completed == 2
+    finally:
+        pool.close(timeout=IO_TIMEOUT)
+
+
+def test_a_refused_capacity_check_is_answered_when_a_request_ends() -> None:
+    # The server pauses on has_capacity(reserve=...) == False (TLS handshakes hold the
+    # reserve) even though the pool itself is not full: the next request to end must
+    # still call on_capacity(), or the paused loop is never woken.
+    release = threading.Event()
+    woken = threading.Event()
+    done = threading.Semaphore(0)
+
+    def run(request: Any, client_address: Any) -> None:
+        assert release.wait(IO_TIMEOUT)
+        done.release()
+
+    pool = WorkerPool(run, max_workers=2, max_queue=0, on_capacity=woken.set)
+    try:
+        assert pool.submit_nowait("one", None)
+        assert not pool.has_capacity(reserve=1)  # one busy + one handshake = full
+        release.set()
+        assert done.acquire(timeout=IO_TIMEOUT)
+        assert woken.wait(IO_TIMEOUT)
+    finally:
+        pool.close(timeout=IO_TIMEOUT)
+
+
+def test_a_full_pool_queues_an_accepted_request_past_its_limit() -> None:
+    release = threading.Event()
+    started = threading.Event()
+    done = threading.Semaphore(0)
+
+    def run(request: Any, client_address: Any) -> None:
+        started.set()
+        assert release.wait(IO_TIMEOUT)
+        done.release()
+
+    pool = WorkerPool(run, max_workers=1, max_queue=0)
+    try:
+        assert pool.submit_nowait("one", None)
+        assert started.wait(IO_TIMEOUT)
+        assert not pool.submit_nowait("two", None)
+        pool.submit("two", None)  # returns at once: nothing accepted is refused
+        assert pool.statistics().queued == 1
+        release.set()
+        for _ in range(2):
+            assert done.acquire(timeout=IO_TIMEOUT)
+    finally:
+        pool.close(timeout=IO_TIMEOUT)

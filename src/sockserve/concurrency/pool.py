@@ -4,7 +4,9 @@ Unlike ``ThreadingMixIn`` (a thread per request, unbounded), the number of threa
 never exceeds ``max_workers`` and at most ``max_queue`` accepted requests wait for one,
 whatever the number of clients.  The server asks ``has_capacity()`` before accepting,
 and the pool calls back when capacity frees up, so a full pool leaves new clients in
-the kernel's backlog instead of in memory.
+the kernel's backlog instead of in memory.  A request the server accepted anyway (in a
+race with a resize, say) is queued past the limit rather than refused or waited for:
+nothing accepted is lost, and the loop that accepted it never stalls.
 """
 
 from __future__ import annotations
@@ -40,7 +42,8 @@ class WorkerPool:
         run: called on a worker thread for each submitted request; must not raise.
         max_workers: thread limit; threads start on demand and stay until close().
         max_queue: requests that may wait for a free worker.
-        on_capacity: called (from a worker) when a full pool frees a slot.
+        on_capacity: called when the pool has room again after ``has_capacity()``
+            said no (from a worker finishing a request), and after every resize.
         daemon: whether worker threads are daemon threads.
         name: thread name prefix.
     """
@@ -70,14 +73,19 @@ class WorkerPool:
         self._completed = 0
         self._serial = 0
         self._closing = False
+        self._refused = False  # has_capacity() said no: on_capacity() is awaited
 
     # -- submitting ---------------------------------------------------------------
 
     def has_capacity(self, reserve: int = 0) -> bool:
-        """True if a request submitted now would run or queue without waiting, after
-        *reserve* slots are kept for requests that will be submitted later."""
+        """True if a request submitted now would run or queue within the limits, after
+        *reserve* slots are kept for requests that will be submitted later.  After a
+        False, ``on_capacity`` is called when the next request finishes."""
         with self._lock:
-            return self._has_capacity(reserve)
+            if self._has_capacity(reserve):
+                return True
+            self._refused = True
+            return False
 
     def _has_capacity(self, reserve: int = 0) -> bool:
         outstanding = self._busy + len(self._queue) + reserve
@@ -93,33 +101,39 @@ class WorkerPool:
             self._enqueue((request, client_address))
             return True
 
-    def submit(self, request: Any, client_address: Any) -> None:
-        """Hand a request to the pool, waiting for a free slot if it is full."""
+    def submit(self, request: Any, client_address: Any, *, wait: bool = False) -> None:
+        """Hand a request to the pool.  When it is full: with *wait*, wait for a free
+        slot; otherwise queue it past ``max_queue`` (for a request accepted already)."""
         with self._lock:
-            self._state_changed.wait_for(lambda: self._closing or self._has_capacity())
+            if wait:
+                self._state_changed.wait_for(lambda: self._closing or self._has_capacity())
             if self._closing:
                 raise RuntimeError("the pool is closed")
             self._enqueue((request, client_address))
 
     def _enqueue(self, work: Work) -> None:
         self._queue.append(work)
-        if not self._waking:
-            self._wake_one()
+        if not self._waking and not self._wake_one() and not self._threads:
+            # No worker could start and none will come back for the queue: refuse it.
+            self._queue.pop()
+            raise RuntimeError("no worker thread could be started for the request")
         # else a worker is on its way: it takes this or an earlier request and, if more
         # are queued, brings one more worker (see _work()).  One wake-up at a time lets
         # a worker serve a burst of quick requests without waking a thread for each,
         # and a burst of long ones still gets a worker each.
 
-    def _wake_one(self) -> None:
-        """Bring one more worker to the queue: an idle one, or a new thread."""
+    def _wake_one(self) -> bool:
+        """Bring one more worker to the queue: an idle one, or a new thread.  False if
+        a thread was needed and could not start."""
         if self._idle:
             self._waking += 1
             self._work_ready.notify()
         elif len(self._threads) < self._max_workers:
-            self._start_worker()
+            return self._start_worker()
         # else every worker is busy: each comes back for the queue when it is done
+        return True
 
-    def _start_worker(self) -> None:
+    def _start_worker(self) -> bool:
         self._serial += 1
         thread = threading.Thread(target=self._work, name=f"{self._name}-{self._serial}",
                                   daemon=self._daemon)
@@ -127,10 +141,13 @@ class WorkerPool:
         self._waking += 1  # the new thread answers like a woken one
         try:
             thread.start()
-        except BaseException:  # e.g. "can't start new thread": leave no phantom worker
+        except RuntimeError as exc:  # "can't start new thread": leave no phantom worker
             self._threads.discard(thread)
             self._waking -= 1
-            raise
+            logger.warning("cannot start a worker thread (%d running): %s",
+                           len(self._threads), exc)
+            return False
+        return True
 
     # -- the workers ----------------------------------------------------------------
 
@@ -163,11 +180,11 @@ class WorkerPool:
                 logger.exception("worker %s: request %r escaped its error handling",
                                  me.name, work[1])
             with self._lock:
-                was_full = not self._has_capacity()
                 self._busy -= 1
                 self._completed += 1
                 self._state_changed.notify()  # a submit() may be waiting for the slot
-            if was_full:
+                refused, self._refused = self._refused, False
+            if refused:
                 self._on_capacity()
 
     def _surplus(self) -> bool:
@@ -180,15 +197,13 @@ class WorkerPool:
         if max_workers < 1:
             raise ValueError("max_workers must be >= 1")
         with self._lock:
-            was_full = not self._has_capacity()
             self._max_workers = max_workers
             if self._queue and not self._waking:
                 self._wake_one()  # the workers bring each other as long as work waits
             self._work_ready.notify_all()  # surplus idle workers exit
             self._state_changed.notify_all()  # submitters: the capacity changed
-            freed = was_full and self._has_capacity()
-        if freed:
-            self._on_capacity()
+            self._refused = False
+        self._on_capacity()  # more room, or less: the server asks again
 
     def close(self, *, wait: bool = True, timeout: float | None = None) -> bool:
         """Refuse new work; let the workers finish what is queued, then stop them.
