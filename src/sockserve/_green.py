@@ -44,6 +44,11 @@ class GreenMixIn(_ConcurrencyMixIn):
                 hub = self._green_hub
         return hub
 
+    def _sockserve_forked(self) -> None:
+        self._green_hub = None  # a parent's hub has no thread here
+        self._green_hub_lock = threading.Lock()
+        super()._sockserve_forked()
+
     def _sockserve_check_settings(self) -> None:
         super()._sockserve_check_settings()
         require_greenlet()

@@ -23,7 +23,14 @@ else:
 
 
 class _ConcurrencyMixIn(_ServerBase):
-    """Warns when a subclass lists the mix-in after the server class (a silent no-op)."""
+    """Warns when a subclass lists the mix-in after the server class (a silent no-op).
+
+    ``_sockserve_forked()`` runs first thing in a forked worker (``PreForkMixIn``): a
+    mix-in drops there what belongs to the parent (its pool, its locks).
+    """
+
+    def _sockserve_forked(self) -> None:
+        """In a worker just forked: let go of the parent's threads and locks."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

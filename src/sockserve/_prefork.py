@@ -65,6 +65,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _replace_requested = False
     _drain_started = False
     _own_sockets: tuple[socket.socket, ...] = ()  # a worker's (reuse_port_per_worker)
+    _sockserve_receive_flags = 0  # a datagram server's (UDPServer)
 
     def server_bind(self) -> None:
         if self.reuse_port_per_worker and self.address_family in INET_FAMILIES:
@@ -96,7 +97,13 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         # stop flag nor SIGTERM can reach them (PEP 475 retries the call). Non-blocking,
         # the losers get EAGAIN and go back to select(). The flag belongs to the open
         # file, so setting it here covers every worker; accepted sockets stay blocking.
-        self.socket.setblocking(False)
+        # A datagram socket stays blocking, as the replies leave through it: each
+        # receive is non-blocking instead.
+        if self.socket_type == socket.SOCK_DGRAM:
+            self._sockserve_receive_flags = socket.MSG_DONTWAIT
+        else:
+            for listener in (self.socket, *self.extra_sockets):
+                listener.setblocking(False)
         self._supervisor = supervisor = Supervisor(
             lambda cpu: self._worker_main(waker, cpu), self.workers, place=self._choose_cpu)
         try:
@@ -129,6 +136,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         """The body of a worker process; always ends in os._exit()."""
         status = 1
         try:
+            self._sockserve_forked()
             if cpu is not None:  # before any thread starts: they all inherit it
                 os.sched_setaffinity(0, {cpu})
             self._supervisor_waker = supervisor_waker
@@ -252,7 +260,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
 
 def reuse_port_sibling(shared: socket.socket, backlog: int) -> socket.socket:
     """A new socket bound to *shared*'s address with SO_REUSEPORT (listening, for
-    streams), non-blocking like the shared one during serving."""
+    streams), blocking or not like the shared one during serving."""
     sock = socket.socket(shared.family, shared.type)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
@@ -264,7 +272,7 @@ def reuse_port_sibling(shared: socket.socket, backlog: int) -> socket.socket:
         sock.bind(shared.getsockname())
         if shared.type == socket.SOCK_STREAM:
             sock.listen(backlog)
-        sock.setblocking(False)
+        sock.setblocking(shared.getblocking())
     except BaseException:
         sock.close()
         raise

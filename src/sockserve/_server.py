@@ -146,13 +146,18 @@ class UDPServer(TCPServer):
     # The stdlib hands the handler the first max_packet_size bytes of a longer
     # datagram; with this set such a datagram is dropped, logged and counted instead.
     drop_oversized_packets = False
+    # Flags for every receive: pre-forked workers share the socket and must not block
+    # in recvfrom() after another took the datagram, while the socket stays blocking
+    # for the replies that leave through it (PreForkMixIn sets MSG_DONTWAIT).
+    _sockserve_receive_flags = 0
 
     def get_request(self) -> tuple[Any, Any]:
         listener = self._sockserve_listener or self.socket  # replies leave from it too
+        receive_flags = self._sockserve_receive_flags
         if not self.drop_oversized_packets:
-            data, client_addr = listener.recvfrom(self.max_packet_size)
+            data, client_addr = listener.recvfrom(self.max_packet_size, receive_flags)
             return (data, listener), client_addr
-        data, _, flags, client_addr = listener.recvmsg(self.max_packet_size)
+        data, _, flags, client_addr = listener.recvmsg(self.max_packet_size, 0, receive_flags)
         if flags & _MSG_TRUNC:  # recvmsg(2): the datagram was longer than asked
             self._sockserve_counters.oversized += 1
             raise OSError(errno.EMSGSIZE, f"datagram from {client_addr} longer than "

@@ -57,6 +57,13 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
                 pool = self._pool_instance
         return pool
 
+    def _sockserve_forked(self) -> None:
+        # A pool the parent made (its statistics() makes one) has no threads here, and
+        # its locks may have been copied held by a thread of the parent's.
+        self._pool_instance = None
+        self._pool_lock = threading.Lock()
+        super()._sockserve_forked()
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         """Serve one request on a worker, reporting errors via handle_error()."""
         run_request(self, request, client_address)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 
 import sockserve
 from sockserve.address import bind_sockets
-from sockserve.concurrency.prefork import SupervisorStatistics
+from sockserve.concurrency.prefork import Supervisor, SupervisorStatistics
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
 
@@ -302,3 +304,145 @@ def test_own_reuse_port_sockets_keep_a_dual_stack_socket_dual_stack() -> None:
         # has odds of (2/3)**50.
         pids = {int(ask(("127.0.0.1", port))) for _ in range(50)}
         assert pids == set(server.worker_pids())
+
+
+# -- failures around the workers ----------------------------------------------------
+
+def test_a_failed_fork_is_retried_and_the_server_keeps_serving(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_fork = os.fork
+    forks = []
+
+    def fork_failing_once() -> int:
+        forks.append(1)
+        if len(forks) == 2:  # the replacement's fork: the process limit, say
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+        return real_fork()
+
+    monkeypatch.setattr(os, "fork", fork_failing_once)
+    with serve_in_thread(prefork(workers=1)) as server:
+        first = int(ask(server.server_address))
+        assert ask(server.server_address, b"crash\n") == b""
+        second = int(ask(server.server_address))  # waits in the backlog for the retry
+        assert second != first
+        assert len(forks) == 3
+    # serve_in_thread() raises what serve_forever() raised: nothing did.
+
+
+def test_a_worker_reaped_by_someone_else_counts_as_a_crash() -> None:
+    # With SIGCHLD ignored the kernel reaps children itself and waitpid() cannot say
+    # how a worker ended: it counts as a crash, so that a worker that cannot start is
+    # replaced after the back-off delay, not in a fork storm.
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        supervisor = Supervisor(lambda place: os._exit(3), target=1)
+        pid = supervisor.spawn()
+        wait_for(lambda: not process_exists(pid), what="the worker to end and be reaped")
+        supervisor.reap()
+        stats = supervisor.statistics()
+        assert stats.crashed == 1 and stats.exited == 0
+        supervisor.fill()
+        assert supervisor.statistics().spawned == 1  # not at once: backing off
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+        supervisor.stop(IO_TIMEOUT)
+
+
+def process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_worker_forked_while_the_parent_holds_its_pool_lock_still_serves() -> None:
+    # statistics() in the supervisor makes a pool there; a worker forked while another
+    # thread holds the pool's lock must not inherit it held (and hang at its first
+    # request).
+    server_class = type("Server", (sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn,
+                                   sockserve.TCPServer), {})
+    with serve_in_thread(prefork(server_class=server_class, workers=1)) as server:
+        first = int(ask(server.server_address))
+        server.statistics()  # makes the supervisor's pool
+        with server.pool._lock:
+            assert ask(server.server_address, b"crash\n") == b""
+            wait_for(lambda: server.worker_pids() not in ([], [first]),
+                     what="the replacement worker")
+        assert int(ask(server.server_address)) != first
+
+
+def test_workers_end_when_the_supervisor_is_killed() -> None:
+    code = (
+        "import os, sys, sockserve\n"
+        "class Server(sockserve.PreForkTCPServer):\n"
+        "    workers = 2\n"
+        "    def service_actions(self):\n"
+        "        if len(self.worker_pids()) == 2 and not self.told:\n"
+        "            self.told = True\n"
+        "            print(*self.worker_pids(), flush=True)\n"
+        "    told = False\n"
+        "Server(('127.0.0.1', 0), sockserve.StreamRequestHandler).serve_forever(0.05)\n"
+    )
+    worker_pids: list[int] = []
+    with subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE) as supervisor:
+        try:
+            assert supervisor.stdout is not None
+            worker_pids = [int(pid) for pid in supervisor.stdout.readline().split()]
+            assert len(worker_pids) == 2
+            supervisor.kill()
+            supervisor.wait(IO_TIMEOUT)
+            wait_for(lambda: not any(process_exists(pid) for pid in worker_pids),
+                     what="the orphaned workers to stop")
+        finally:
+            supervisor.kill()
+            for pid in worker_pids:
+                if process_exists(pid):
+                    os.kill(pid, signal.SIGKILL)
+
+
+def test_datagram_workers_wait_for_room_to_reply(unix_path: str) -> None:
+    # A client that reads slower than it is answered: its receive queue fills, and the
+    # worker's reply must wait for room (as in a plain UnixDatagramServer), not fail
+    # with EAGAIN because the shared socket is non-blocking.
+    class TwoReplies(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.socket.sendto(b"a" + self.packet, self.client_address)
+            self.wfile.write(b"b" + self.packet)
+
+    client_path = unix_path + ".c"
+    with serve_in_thread(prefork(TwoReplies, sockserve.PreForkUnixDatagramServer,
+                                 unix_path, workers=1)):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as prober:
+            client.bind(client_path)
+            client.settimeout(IO_TIMEOUT)
+            requests = [b"%d" % n for n in range(8)]
+            for request in requests:  # 16 replies: more than a queue holds (10 by default)
+                client.sendto(request, unix_path)
+
+            def client_queue_full() -> bool:
+                try:
+                    prober.sendto(b"probe", socket.MSG_DONTWAIT, client_path)
+                except BlockingIOError:
+                    return True
+                return False
+
+            wait_for(client_queue_full, what="the client's receive queue to fill")
+            replies: list[bytes] = []
+            while len(replies) < 2 * len(requests):
+                if (datagram := client.recv(100)) != b"probe":
+                    replies.append(datagram)
+    assert sorted(replies) == sorted(p + r for r in requests for p in (b"a", b"b"))
+
+
+def test_every_listening_socket_is_non_blocking_while_workers_serve() -> None:
+    # Workers are all woken for a new connection and one wins accept(); a loser must
+    # get EAGAIN, not block in accept() where its SIGTERM cannot reach it.  Whether a
+    # loser exists at all is up to the kernel's timing, so this checks the cause.
+    socks = bind_sockets("127.0.0.1:0") + bind_sockets("127.0.0.1:0")
+    server = type("Server", (sockserve.PreForkTCPServer,), {"workers": 2}).from_sockets(socks, Pid)
+    with serve_in_thread(server):
+        wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+        assert [s.getblocking() for s in (server.socket, *server.extra_sockets)] == [False] * 2
+        assert int(ask(server.server_addresses[1])) in server.worker_pids()

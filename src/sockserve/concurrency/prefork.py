@@ -12,6 +12,7 @@ import logging
 import os
 import selectors
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,30 @@ RESPAWN_DELAY_MAX = 2.0
 POLL_WITHOUT_PIDFD = 0.05
 # The signals that ask a worker to stop.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+
+
+# prctl(2): the signal a process gets when the thread that forked it ends.
+PR_SET_PDEATHSIG = 1
+
+
+def end_with_parent(parent: int) -> None:
+    """In a new worker: have the kernel send it SIGTERM when the supervisor dies, even
+    by SIGKILL, so that no worker serves on as an orphan (Linux; elsewhere nothing).
+
+    The SIGTERM waits, blocked, until the worker's handler is in place
+    (``Supervisor.spawn``), and then stops it gracefully.  The fork happens on the
+    supervisor's loop thread, whose end means the workers are being stopped anyway.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes  # here: only workers need it
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0 and os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)  # it died before the call above
 
 
 def unblock_stop_signals() -> None:
@@ -89,16 +114,19 @@ class Supervisor:
         of the parent's handlers.
         """
         place = self._place([w.place for w in self._workers.values() if not w.stopping])
+        parent = os.getpid()
         previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        pid = -1
         try:
             pid = os.fork()
             if pid == 0:
                 try:
+                    end_with_parent(parent)
                     self._run_worker(place)
                 finally:
                     os._exit(70)  # EX_SOFTWARE: run_worker() returned or raised
         finally:
-            if pid != 0:
+            if pid != 0:  # the parent, whether fork() worked or not
                 signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         pidfd = None
         if hasattr(os, "pidfd_open"):
@@ -111,11 +139,17 @@ class Supervisor:
         return pid
 
     def fill(self) -> None:
-        """Start workers up to ``target`` (respecting the crash-loop delay)."""
+        """Start workers up to ``target`` (respecting the crash-loop delay).  A fork that
+        fails (EAGAIN at the process limit, ENOMEM) is retried after the same delay."""
         if time.monotonic() < self._respawn_at:
             return
         while self._serving() < self.target:
-            self.spawn()
+            try:
+                self.spawn()
+            except OSError as exc:
+                logger.error("cannot fork a worker: %s", exc)
+                self._back_off()
+                return
 
     def _serving(self) -> int:
         return sum(not worker.stopping for worker in self._workers.values())
@@ -141,10 +175,14 @@ class Supervisor:
     def reap(self, selector: selectors.BaseSelector | None = None) -> None:
         """Collect exited workers and log how each ended; never blocks."""
         for worker in list(self._workers.values()):
+            status: int | None
             try:
                 pid, status = os.waitpid(worker.pid, os.WNOHANG)
             except ChildProcessError:
-                pid, status = worker.pid, 0  # reaped elsewhere (e.g. waitpid(-1))
+                # Reaped elsewhere (waitpid(-1), or SIGCHLD ignored): how it ended is
+                # unknown, so it counts as a crash: a worker that cannot start must
+                # still be respawned with the back-off, not in a fork storm.
+                pid, status = worker.pid, None
             if pid == 0:
                 continue
             del self._workers[worker.pid]
@@ -154,22 +192,28 @@ class Supervisor:
                 os.close(worker.pidfd)
             self._account(worker, status)
 
-    def _account(self, worker: _Worker, status: int) -> None:
+    def _account(self, worker: _Worker, status: int | None) -> None:
         lived = time.monotonic() - worker.started
-        code = os.waitstatus_to_exitcode(status)
+        code = None if status is None else os.waitstatus_to_exitcode(status)
         if code == 0:
             self._exited += 1
             logger.info("worker %d exited after %.1f s", worker.pid, lived)
         else:
             self._crashed += 1
-            how = f"killed by signal {-code}" if code < 0 else f"exited with status {code}"
+            how = ("ended, reaped by someone else" if code is None
+                   else f"killed by signal {-code}" if code < 0
+                   else f"exited with status {code}")
             logger.warning("worker %d %s after %.1f s", worker.pid, how, lived)
         if code != 0 and lived < QUICK_DEATH:
-            self._respawn_delay = min(RESPAWN_DELAY_MAX,
-                                      (self._respawn_delay * 2) or RESPAWN_DELAY_FIRST)
-            self._respawn_at = time.monotonic() + self._respawn_delay
+            self._back_off()
         else:
             self._respawn_delay = 0.0
+
+    def _back_off(self) -> None:
+        """Delay the next fork, doubling the delay each time (up to the maximum)."""
+        self._respawn_delay = min(RESPAWN_DELAY_MAX,
+                                  (self._respawn_delay * 2) or RESPAWN_DELAY_FIRST)
+        self._respawn_at = time.monotonic() + self._respawn_delay
 
     def shrink(self) -> None:
         """Ask workers above ``target`` to stop gracefully (the newest first)."""
