@@ -298,8 +298,8 @@ def stop_in_thread(server: sockserve.ThreadPoolTCPServer) -> threading.Thread:
 def test_two_listeners_ready_at_once_take_only_the_room_there_is() -> None:
     gate = Gate()
     socks = bind_sockets("127.0.0.1:0") + bind_sockets("127.0.0.1:0")
-    server_type = type("Server", (sockserve.ThreadPoolTCPServer,),
-                       {"max_workers": 1, "max_queue": 0})
+    server_type: Any = type("Server", (sockserve.ThreadPoolTCPServer,),
+                            {"max_workers": 1, "max_queue": 0})
     server = server_type.from_sockets(socks, gated_echo(gate))
     first, second = (connect(address) for address in server.server_addresses)
     try:

@@ -441,7 +441,8 @@ def test_every_listening_socket_is_non_blocking_while_workers_serve() -> None:
     # get EAGAIN, not block in accept() where its SIGTERM cannot reach it.  Whether a
     # loser exists at all is up to the kernel's timing, so this checks the cause.
     socks = bind_sockets("127.0.0.1:0") + bind_sockets("127.0.0.1:0")
-    server = type("Server", (sockserve.PreForkTCPServer,), {"workers": 2}).from_sockets(socks, Pid)
+    server_type: Any = type("Server", (sockserve.PreForkTCPServer,), {"workers": 2})
+    server = server_type.from_sockets(socks, Pid)
     with serve_in_thread(server):
         wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
         assert [s.getblocking() for s in (server.socket, *server.extra_sockets)] == [False] * 2
