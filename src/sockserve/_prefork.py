@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
+import mmap
 import os
 import random
 import selectors
 import signal
 import socket
+import struct
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,7 @@ from ._mixins import _ConcurrencyMixIn
 from ._server import BaseServer, TCPServer, UDPServer
 from ._wakeup import SHUTDOWN, Waker
 from .concurrency.prefork import Supervisor, SupervisorStatistics, unblock_stop_signals
-from .stats import ServerStatistics
+from .stats import DrainReport, ServerStatistics
 
 logger = logging.getLogger("sockserve.prefork")
 
@@ -34,6 +37,59 @@ if TYPE_CHECKING:
     _SocketServer = TCPServer
 else:
     _SocketServer = object
+
+
+class DrainChannel:
+    """How a drain in the supervisor reaches the workers, made before they are forked:
+    a shared page says that a drain is on and its timeout (the workers read it when
+    the supervisor's SIGTERM comes), and a pipe brings back each worker's counts.
+
+    Records of 8 bytes are below PIPE_BUF, so those of several workers never mix.
+    """
+
+    _FLAGS = struct.Struct("dd")  # drain requested (1.0 or 0.0), timeout (NaN: none)
+    _COUNTS = struct.Struct("II")  # finished, cut
+
+    def __init__(self) -> None:
+        self._shared = mmap.mmap(-1, self._FLAGS.size)
+        self._counts_out, self._counts_in = os.pipe()
+        os.set_blocking(self._counts_out, False)
+
+    def start(self, timeout: float | None) -> None:
+        """In the supervisor, before its workers get SIGTERM: drain with *timeout*."""
+        self._FLAGS.pack_into(self._shared, 0, 1.0, math.nan if timeout is None else timeout)
+
+    def requested(self) -> tuple[bool, float | None]:
+        """In a worker: whether the supervisor drains, and with what timeout."""
+        on, timeout = self._FLAGS.unpack_from(self._shared)
+        return on == 1.0, None if math.isnan(timeout) else timeout
+
+    def send(self, report: DrainReport) -> None:
+        """In a worker: its counts, for the supervisor's report."""
+        os.write(self._counts_in, self._COUNTS.pack(report.finished, report.cut))
+
+    def _collect(self) -> tuple[int, int]:
+        finished = cut = 0
+        while True:
+            try:
+                data = os.read(self._counts_out, self._COUNTS.size * 64)
+            except BlockingIOError:
+                return finished, cut
+            if not data:
+                return finished, cut
+            for worker_finished, worker_cut in self._COUNTS.iter_unpack(data):
+                finished += worker_finished
+                cut += worker_cut
+
+    def report(self) -> DrainReport:
+        """In the supervisor, once its workers are gone: what they drained."""
+        finished, cut = self._collect()
+        return DrainReport(open=finished + cut, finished=finished, cut=cut)
+
+    def close(self) -> None:
+        os.close(self._counts_out)
+        os.close(self._counts_in)
+        self._shared.close()
 
 
 class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
@@ -63,8 +119,9 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _requests_left = 0
     _poll_interval: float | None = 0.5
     _replace_requested = False
-    _drain_started = False
     _own_sockets: tuple[socket.socket, ...] = ()  # a worker's (reuse_port_per_worker)
+    _drain_channel: DrainChannel | None = None  # while the supervisor serves
+    _drain_thread: threading.Thread | None = None  # a stopping worker's
     _sockserve_receive_flags = 0  # a datagram server's (UDPServer)
 
     def server_bind(self) -> None:
@@ -104,6 +161,9 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         else:
             for listener in (self.socket, *self.extra_sockets):
                 listener.setblocking(False)
+        if self._drain_channel is not None:  # from an earlier serve_forever()
+            self._drain_channel.close()
+        self._drain_channel = DrainChannel()
         self._supervisor = supervisor = Supervisor(
             lambda cpu: self._worker_main(waker, cpu), self.workers, place=self._choose_cpu)
         try:
@@ -162,6 +222,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         finally:
             try:
                 self.server_close()  # joins a pool's threads; never unlinks the parent's file
+                if self._drain_thread is not None:  # it reports to the supervisor
+                    self._drain_thread.join(self.graceful_timeout)
             finally:
                 os._exit(status)
 
@@ -180,15 +242,25 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         self.extra_sockets = [*self.extra_sockets, *own]
 
     def _stop_worker(self) -> None:
-        """SIGTERM in a worker: stop accepting and, with ``drain_timeout``, cut what is
-        still open at the deadline — from a thread, because a serial worker's loop
-        thread may be the one blocked in a handler.  Idempotent."""
+        """SIGTERM in a worker: stop accepting and, with a drain timeout (the
+        supervisor's ``drain()``, else ``drain_timeout``), cut what is still open at the
+        deadline — from a thread, because a serial worker's loop thread may be the one
+        blocked in a handler.  Idempotent."""
         BaseServer.shutdown(self)  # on the loop's (main) thread: sets the flag, returns
-        if self.drain_timeout is not None and not self._drain_started:
-            self._drain_started = True
-            threading.Thread(target=self._sockserve_finish_connections,
-                             args=(self.drain_timeout,), name="sockserve-drain",
-                             daemon=True).start()
+        channel = self._drain_channel
+        draining, timeout = channel.requested() if channel is not None else (False, None)
+        if not draining:
+            timeout = self.drain_timeout
+        if (draining or timeout is not None) and self._drain_thread is None:
+            self._drain_thread = threading.Thread(
+                target=self._drain_worker, args=(timeout, draining), name="sockserve-drain",
+                daemon=True)
+            self._drain_thread.start()
+
+    def _drain_worker(self, timeout: float | None, report: bool) -> None:
+        counts = self._sockserve_finish_connections(timeout)
+        if report and self._drain_channel is not None:
+            self._drain_channel.send(counts)
 
     def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
         messages = super()._sockserve_read_wakeups(waker)
@@ -203,6 +275,20 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             if not self._requests_left:
                 logger.info("worker %d served max_requests: recycling", os.getpid())
                 BaseServer.shutdown(self)  # this worker only; the supervisor replaces it
+
+    def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
+        """In the supervisor: every worker stops accepting and drains its connections
+        with *timeout*; the report adds up theirs.  (*backlog* applies to the
+        supervisor's own loop only, which accepts nothing.)"""
+        channel = self._drain_channel
+        if self.in_worker or channel is None:
+            return super().drain(timeout, backlog=backlog)
+        channel.start(timeout)
+        super().drain(timeout, backlog=backlog)  # returns once the workers are reaped
+        report = channel.report()
+        logger.info("drained %s: %d connections finished, %d cut", self.server_address,
+                    report.finished, report.cut)
+        return report
 
     def shutdown(self) -> None:
         """Stop the whole server; from a worker's handler too (it tells the supervisor)."""
@@ -255,6 +341,9 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     def server_close(self) -> None:
         if self._supervisor is not None:
             self._supervisor.stop(self.graceful_timeout)  # if the loop did not already
+        if self._drain_channel is not None and not self.in_worker:
+            self._drain_channel.close()
+            self._drain_channel = None
         super().server_close()
 
 

@@ -15,6 +15,7 @@ import pytest
 import sockserve
 from sockserve.address import bind_sockets
 from sockserve.concurrency.prefork import Supervisor, SupervisorStatistics
+from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
 
@@ -447,3 +448,18 @@ def test_every_listening_socket_is_non_blocking_while_workers_serve() -> None:
         wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
         assert [s.getblocking() for s in (server.socket, *server.extra_sockets)] == [False] * 2
         assert int(ask(server.server_addresses[1])) in server.worker_pids()
+
+
+def test_drain_reaches_the_workers_and_reports_their_connections() -> None:
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"held\n")
+            self.rfile.read()  # until the client closes or the drain cuts it
+
+    with serve_in_thread(prefork(Hold, workers=1, graceful_timeout=60.0)) as server:
+        with connect(server.server_address) as client:
+            assert client.recv(100) == b"held\n"
+            report = server.drain(0.2)  # not graceful_timeout: the workers cut at 0.2 s
+            assert recv_all(client) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert workers(server).crashed == 0
