@@ -339,7 +339,10 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         return dataclasses.replace(snapshot, workers=workers)
 
     def server_close(self) -> None:
-        if self._supervisor is not None:
+        if self._supervisor is not None:  # the supervisor's (a worker has none)
+            # A loop still serving in another thread would fork replacements for the
+            # workers stopped here, on a closed socket: stop it first.
+            self.shutdown()
             self._supervisor.stop(self.graceful_timeout)  # if the loop did not already
         if self._drain_channel is not None and not self.in_worker:
             self._drain_channel.close()

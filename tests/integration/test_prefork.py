@@ -463,3 +463,39 @@ def test_drain_reaches_the_workers_and_reports_their_connections() -> None:
             assert recv_all(client) == b""
     assert report == DrainReport(open=1, finished=0, cut=1)
     assert workers(server).crashed == 0
+
+
+def test_server_close_while_serving_stops_the_loop_before_the_workers() -> None:
+    # Otherwise the loop, still running, replaces the stopped workers on a closed socket.
+    server = prefork(workers=2)
+    loop = threading.Thread(target=server.serve_forever, args=(0.05,))
+    loop.start()
+    try:
+        wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+        server.server_close()
+        loop.join(IO_TIMEOUT)
+        assert not loop.is_alive()
+        assert server.worker_pids() == []
+        assert workers(server).spawned == 2
+    finally:
+        server.shutdown()
+        loop.join(IO_TIMEOUT)
+
+
+def test_a_worker_holds_no_handle_on_its_siblings() -> None:
+    class PidfdCount(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            fds = os.listdir("/proc/self/fd")
+            count = sum(fd_target(fd) == "anon_inode:[pidfd]" for fd in fds)
+            self.wfile.write(b"%d\n" % count)
+
+    # One request per worker: all but the first are forked beside siblings.
+    with serve_in_thread(prefork(PidfdCount, workers=3, max_requests=1)) as server:
+        assert [ask(server.server_address) for _ in range(4)] == [b"0\n"] * 4
+
+
+def fd_target(fd: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:  # closed meanwhile (listdir's own descriptor)
+        return ""

@@ -121,6 +121,9 @@ class Supervisor:
             pid = os.fork()
             if pid == 0:
                 try:
+                    for sibling in self._workers.values():  # the parent's handles on them
+                        if sibling.pidfd is not None:
+                            os.close(sibling.pidfd)
                     end_with_parent(parent)
                     self._run_worker(place)
                 finally:
