@@ -80,6 +80,9 @@ class BaseServer:
     # The running loop's selector, for mix-ins that register their own objects: any
     # registered data with a sockserve_ready(events) method is called when ready.
     _sockserve_selector: selectors.BaseSelector | None = None
+    # When the loop stops, how long TLS handshakes in progress may still complete (and
+    # be served); a live client's needs a round trip or two, a silent one is dropped.
+    _sockserve_handshake_grace_on_stop = 1.0
     # CIDR allow/deny rules checked before verify_request() (access.py).
     access_list: AccessList | None = None
     # On a dual-stack IPv6 socket, show IPv4 clients as ("a.b.c.d", port) rather than
@@ -151,6 +154,11 @@ class BaseServer:
                     self._sockserve_serve_loop(selector, waker, poll_interval)
                     if self.__accept_backlog_on_stop:
                         self._sockserve_accept_backlog()
+                    # Connections accepted and still in their TLS handshake are served
+                    # too, if their clients complete it soon.
+                    self._sockserve_selector = None
+                    self.__handshakes = None
+                    handshakes.finish(self._sockserve_handshake_grace_on_stop)
                 finally:
                     self._sockserve_selector = None
                     self.__handshakes = None

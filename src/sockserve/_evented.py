@@ -159,6 +159,8 @@ class EventedMixIn(_ConcurrencyMixIn):
     """
 
     _evented_buffer: bytearray
+    # Connections end when the loop stops: one still in its TLS handshake too.
+    _sockserve_handshake_grace_on_stop = 0.0
 
     def process_request(self, request: Any, client_address: Any) -> None:
         handler_class = self.RequestHandlerClass

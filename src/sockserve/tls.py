@@ -150,6 +150,27 @@ class HandshakeDriver:
                 nearest = left
         return nearest
 
+    def finish(self, grace: float) -> None:
+        """The loop has stopped: drive the handshakes in progress to their end (a live
+        client's takes a round trip or two) for at most *grace* seconds more, each
+        within its own deadline, then abandon the rest.  Uses a selector of its own:
+        the loop's still holds listeners that may be ready."""
+        until = time.monotonic() + grace
+        with selectors.DefaultSelector() as selector:
+            for handshake in self._pending:
+                self._selector.unregister(handshake)
+                selector.register(handshake, handshake.waiting_for, handshake)
+            self._selector = selector
+            while self._pending:
+                nearest = self.expire()
+                left = until - time.monotonic()
+                if not self._pending or left <= 0:
+                    break
+                for key, _ in selector.select(left if nearest is None else min(nearest, left)):
+                    if key.data in self._pending:
+                        self.advance(key.data)
+            self.close()
+
     def close(self) -> None:
         """Abandon every handshake in progress (the loop is stopping)."""
         for handshake in list(self._pending):

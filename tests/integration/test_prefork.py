@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -17,7 +18,7 @@ from sockserve.address import bind_sockets
 from sockserve.concurrency.prefork import Supervisor, SupervisorStatistics
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, listening_sockets, recv_all, wait_for
 
 
 class Pid(sockserve.StreamRequestHandler):
@@ -499,3 +500,22 @@ def fd_target(fd: str) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:  # closed meanwhile (listdir's own descriptor)
         return ""
+
+
+def test_a_connection_in_its_tls_handshake_is_served_when_its_worker_recycles(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    # The slow client is accepted first but sends its ClientHello only after the fast
+    # one's request has made the worker recycle: the stopping worker completes the
+    # handshake and serves it.
+    server = prefork(workers=1, max_requests=1, ssl_context=server_ctx,
+                     _sockserve_handshake_grace_on_stop=IO_TIMEOUT)  # no race with CI
+    context = client_ctx(ca)
+    with serve_in_thread(server):
+        with connect(server.server_address) as slow_raw, \
+                context.wrap_socket(connect(server.server_address),
+                                    server_hostname="127.0.0.1") as fast:
+            fast.sendall(b"pid\n")
+            first = int(recv_all(fast))
+            with context.wrap_socket(slow_raw, server_hostname="127.0.0.1") as slow:
+                slow.sendall(b"pid\n")
+                assert int(recv_all(slow)) == first  # the same, recycling worker
