@@ -211,9 +211,9 @@ class BaseServer:
             # been requested (bpo-35017).
             if self.__shutdown_request:
                 break
-            for listener in requests_ready:
-                if not self._sockserve_has_capacity():
-                    break  # the rest wait in their backlogs (several listeners ready)
+            for n, listener in enumerate(requests_ready):
+                if n and not self._sockserve_has_capacity():
+                    break  # several listeners were ready: the rest wait in their backlogs
                 self.__accept_from(listener)
             self.service_actions()
 
