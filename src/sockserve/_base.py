@@ -82,7 +82,9 @@ class BaseServer:
     _sockserve_selector: selectors.BaseSelector | None = None
     # When the loop stops, how long TLS handshakes in progress may still complete (and
     # be served); a live client's needs a round trip or two, a silent one is dropped.
-    _sockserve_handshake_grace_on_stop = 1.0
+    # 0 here: a serial server would serve them on the loop's thread, holding up the
+    # shutdown() or drain() that stopped it (the concurrency mix-ins give them 1 s).
+    _sockserve_handshake_grace_on_stop = 0.0
     # CIDR allow/deny rules checked before verify_request() (access.py).
     access_list: AccessList | None = None
     # On a dual-stack IPv6 socket, show IPv4 clients as ("a.b.c.d", port) rather than
@@ -320,6 +322,10 @@ class BaseServer:
             self.__shutdown_request = True
         return messages
 
+    def _sockserve_on_loop_thread(self) -> bool:
+        """Whether this is the thread (and process) running ``serve_forever()``."""
+        return self.__loop_owner == (os.getpid(), threading.get_ident())
+
     def _sockserve_stop_requested(self) -> bool:
         """Whether ``shutdown()`` has asked the running loop to stop."""
         return self.__shutdown_request
@@ -469,7 +475,11 @@ class BaseServer:
         context = self.ssl_context
         assert context is not None
         if self.__handshakes is not None:
-            self.__handshakes.start(context, request, client_address, self.handshake_timeout)
+            fd = request.fileno()
+            handshake = self.__handshakes.start(context, request, client_address,
+                                                self.handshake_timeout)
+            self._sockserve_connections.replace(fd, handshake.tls)  # stop_now() reaches it
+            self.__handshakes.advance(handshake)
             return
         fd = request.fileno()
         try:

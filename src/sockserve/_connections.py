@@ -116,7 +116,9 @@ class ConnectionRegistry:
             self.cut_total += len(fresh)
         for sock in fresh.values():
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                # socket.socket's own: an SSLSocket's would also drop its TLS state,
+                # which a handshake still in progress then trips over.
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass  # already closed or reset
         return len(fresh)

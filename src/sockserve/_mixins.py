@@ -29,6 +29,10 @@ class _ConcurrencyMixIn(_ServerBase):
     mix-in drops there what belongs to the parent (its pool, its locks).
     """
 
+    # Handlers run off the loop's thread: a connection whose TLS handshake completes
+    # just after the loop stopped can still be handed over (see BaseServer).
+    _sockserve_handshake_grace_on_stop = 1.0
+
     def _sockserve_forked(self) -> None:
         """In a worker just forked: let go of the parent's threads and locks."""
 

@@ -31,6 +31,9 @@ from .stats import DrainReport, ServerStatistics
 logger = logging.getLogger("sockserve.prefork")
 
 INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # the ones with SO_REUSEPORT
+# A drain longer than graceful_timeout gives the workers its timeout plus this to cut
+# what is left and exit, before they are killed.
+DRAIN_EXIT_MARGIN = 5.0
 
 # Every server PreForkMixIn goes with is a TCPServer (UDP and Unix ones subclass it).
 if TYPE_CHECKING:
@@ -121,6 +124,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _replace_requested = False
     _own_sockets: tuple[socket.socket, ...] = ()  # a worker's (reuse_port_per_worker)
     _drain_channel: DrainChannel | None = None  # while the supervisor serves
+    _drain_for: float | None = None  # the timeout of the supervisor's drain in progress
     _drain_thread: threading.Thread | None = None  # a stopping worker's
     _sockserve_receive_flags = 0  # a datagram server's (UDPServer)
 
@@ -184,7 +188,14 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                         self._sockserve_read_wakeups(waker)
                 self.service_actions()
         finally:
-            supervisor.stop(self.graceful_timeout)
+            supervisor.stop(self._stop_timeout())
+
+    def _stop_timeout(self) -> float:
+        """How long stopping workers get before SIGKILL: ``graceful_timeout``, or more
+        for a drain that gives them longer (they cut at its deadline, then exit)."""
+        if self._drain_for is None:
+            return self.graceful_timeout
+        return max(self.graceful_timeout, self._drain_for + DRAIN_EXIT_MARGIN)
 
     def _choose_cpu(self, taken: list[int | None]) -> int | None:
         """In the supervisor, before a fork: the allowed CPU with the fewest workers."""
@@ -283,8 +294,15 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         channel = self._drain_channel
         if self.in_worker or channel is None:
             return super().drain(timeout, backlog=backlog)
+        if self._sockserve_on_loop_thread():
+            raise RuntimeError("drain() cannot wait for the workers on the thread that "
+                               "supervises them; call it from another thread")
         channel.start(timeout)
-        super().drain(timeout, backlog=backlog)  # returns once the workers are reaped
+        self._drain_for = timeout
+        try:
+            super().drain(timeout, backlog=backlog)  # returns once the workers are reaped
+        finally:
+            self._drain_for = None
         report = channel.report()
         logger.info("drained %s: %d connections finished, %d cut", self.server_address,
                     report.finished, report.cut)

@@ -73,9 +73,9 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
         if self.overload == "pause":
             # serve_forever() accepts only while there is room; a request it accepted
             # anyway (a resize or a drain's backlog in between) is queued past
-            # max_queue, never waited for: the loop must not stall.  Under
-            # handle_request() the caller waits for room, as it asked to.
-            self.pool.submit(request, client_address, wait=self._sockserve_selector is None)
+            # max_queue, never waited for: the loop must not stall.  Any other caller
+            # (handle_request(), the application's own thread) waits for room.
+            self.pool.submit(request, client_address, wait=not self._sockserve_on_loop_thread())
         elif not self.pool.submit_nowait(request, client_address):
             self.reject_request(request, client_address, "thread pool full")
 

@@ -118,11 +118,13 @@ class HandshakeDriver:
         return len(self._pending)
 
     def start(self, context: ssl.SSLContext, sock: Any, client_address: Any,
-              timeout: float) -> None:
+              timeout: float) -> Handshake:
+        """Wrap *sock* and wait for its handshake; the caller then calls ``advance()``
+        (the ClientHello is often already here), once it knows the TLS socket."""
         handshake = Handshake(context, sock, client_address, timeout)
         self._pending.add(handshake)
         self._selector.register(handshake, handshake.waiting_for, handshake)
-        self.advance(handshake)  # the ClientHello is often already here
+        return handshake
 
     def advance(self, handshake: Handshake) -> None:
         """Called when the selector reports the handshake's socket ready."""
@@ -156,20 +158,25 @@ class HandshakeDriver:
         within its own deadline, then abandon the rest.  Uses a selector of its own:
         the loop's still holds listeners that may be ready."""
         until = time.monotonic() + grace
+        loop_selector = self._selector
         with selectors.DefaultSelector() as selector:
             for handshake in self._pending:
-                self._selector.unregister(handshake)
+                loop_selector.unregister(handshake)
                 selector.register(handshake, handshake.waiting_for, handshake)
             self._selector = selector
-            while self._pending:
-                nearest = self.expire()
-                left = until - time.monotonic()
-                if not self._pending or left <= 0:
-                    break
-                for key, _ in selector.select(left if nearest is None else min(nearest, left)):
-                    if key.data in self._pending:
-                        self.advance(key.data)
-            self.close()
+            try:
+                while self._pending:
+                    nearest = self.expire()
+                    left = until - time.monotonic()
+                    if not self._pending or left <= 0:
+                        break
+                    timeout = left if nearest is None else min(nearest, left)
+                    for key, _ in selector.select(timeout):
+                        if key.data in self._pending:
+                            self.advance(key.data)
+            finally:
+                self.close()  # while their selector is open
+                self._selector = loop_selector
 
     def close(self) -> None:
         """Abandon every handshake in progress (the loop is stopping)."""
@@ -178,9 +185,12 @@ class HandshakeDriver:
 
     def _drop(self, handshake: Handshake, reason: str, *, timed_out: bool = False) -> None:
         self._pending.discard(handshake)
-        self._selector.unregister(handshake)
-        logger.info("TLS with %s: %s", handshake.client_address, reason)
         try:
+            try:
+                self._selector.unregister(handshake)
+            except KeyError:
+                pass  # its selector is closed already (the loop ended in an error)
+            logger.info("TLS with %s: %s", handshake.client_address, reason)
             self._failed(handshake.tls, handshake.client_address, timed_out)
         finally:
             handshake.tls.close()

@@ -519,3 +519,44 @@ def test_a_connection_in_its_tls_handshake_is_served_when_its_worker_recycles(
             with context.wrap_socket(slow_raw, server_hostname="127.0.0.1") as slow:
                 slow.sendall(b"pid\n")
                 assert int(recv_all(slow)) == first  # the same, recycling worker
+
+
+def test_a_drain_longer_than_graceful_timeout_is_not_cut_short() -> None:
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"held\n")
+            self.rfile.read()
+
+    with serve_in_thread(prefork(Hold, workers=1, graceful_timeout=0.1)) as server:
+        with connect(server.server_address) as client:
+            assert client.recv(100) == b"held\n"
+            report = server.drain(0.5)  # the workers get 0.5 s, not 0.1, then exit
+            assert recv_all(client) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert workers(server).crashed == 0
+
+
+def test_drain_on_the_supervising_thread_says_it_cannot_wait() -> None:
+    errors: list[BaseException] = []
+
+    class Server(sockserve.PreForkTCPServer):
+        workers = 1
+
+        def service_actions(self) -> None:
+            if self.worker_pids() and not errors:
+                try:
+                    self.drain(1.0)
+                except RuntimeError as exc:
+                    errors.append(exc)
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Pid)) as server:
+        wait_for(lambda: bool(errors), what="the drain attempt")
+        assert int(ask(server.server_address)) in server.worker_pids()
+    assert "another thread" in str(errors[0])
+
+
+def test_workers_start_without_ctypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ctypes", None)  # a Python built without it
+    with serve_in_thread(prefork(workers=1)) as server:
+        assert int(ask(server.server_address)) in server.worker_pids()
+    assert workers(server).crashed == 0

@@ -162,3 +162,14 @@ def test_datagram_servers_refuse_tls(server_ctx: ssl.SSLContext) -> None:
             server.handle_request()
         with pytest.raises(TypeError, match="DTLS"):
             server.serve_forever()
+
+
+def test_stop_now_cuts_a_connection_still_in_its_handshake(server_ctx: ssl.SSLContext) -> None:
+    server_type: Any = type("Server", (sockserve.ThreadingTCPServer,),
+                            {"ssl_context": server_ctx, "handshake_timeout": 60.0})
+    with serve_in_thread(server_type(("127.0.0.1", 0), sockserve.StreamRequestHandler)) \
+            as server:
+        with connect(server.server_address) as silent:
+            wait_for(lambda: server.statistics().tls_in_progress == 1, what="the handshake")
+            server.stop_now()
+            assert silent.recv(100) == b""  # cut at once, not at the handshake timeout

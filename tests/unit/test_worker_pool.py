@@ -226,3 +226,33 @@ def test_a_full_pool_queues_an_accepted_request_past_its_limit() -> None:
             assert done.acquire(timeout=IO_TIMEOUT)
     finally:
         pool.close(timeout=IO_TIMEOUT)
+
+
+def test_a_thread_start_failing_otherwise_leaves_no_phantom_either(monkeypatch: Any) -> None:
+    real_start = threading.Thread.start
+    failed = False
+
+    def start(thread: threading.Thread) -> None:
+        nonlocal failed
+        if not failed:
+            failed = True
+            raise MemoryError
+        real_start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    done = threading.Semaphore(0)
+    pool = WorkerPool(lambda request, client_address: done.release(), max_workers=1,
+                      max_queue=1)
+    try:
+        try:
+            pool.submit_nowait("first", None)
+        except MemoryError:
+            pass
+        else:
+            raise AssertionError("the MemoryError was swallowed")
+        stats = pool.statistics()
+        assert stats.workers == 0 and stats.queued == 0
+        assert pool.submit_nowait("second", None)
+        assert done.acquire(timeout=IO_TIMEOUT)
+    finally:
+        assert pool.close(timeout=IO_TIMEOUT)

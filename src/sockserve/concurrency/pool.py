@@ -113,7 +113,12 @@ class WorkerPool:
 
     def _enqueue(self, work: Work) -> None:
         self._queue.append(work)
-        if not self._waking and not self._wake_one() and not self._threads:
+        try:
+            woken = self._waking or self._wake_one()
+        except BaseException:
+            self._queue.pop()
+            raise
+        if not woken and not self._threads:
             # No worker could start and none will come back for the queue: refuse it.
             self._queue.pop()
             raise RuntimeError("no worker thread could be started for the request")
@@ -141,9 +146,11 @@ class WorkerPool:
         self._waking += 1  # the new thread answers like a woken one
         try:
             thread.start()
-        except RuntimeError as exc:  # "can't start new thread": leave no phantom worker
+        except BaseException as exc:  # leave no phantom worker
             self._threads.discard(thread)
             self._waking -= 1
+            if not isinstance(exc, RuntimeError):  # "can't start new thread" is expected
+                raise
             logger.warning("cannot start a worker thread (%d running): %s",
                            len(self._threads), exc)
             return False
@@ -173,7 +180,10 @@ class WorkerPool:
                 work = self._queue.popleft()
                 self._busy += 1
                 if self._queue and not self._waking:
-                    self._wake_one()  # more wait: this request may take long
+                    try:
+                        self._wake_one()  # more wait: this request may take long
+                    except BaseException:  # e.g. MemoryError: this worker comes back
+                        logger.exception("worker %s: cannot bring another worker", me.name)
             try:
                 self._run(*work)
             except BaseException:  # run() handles errors; this is a last resort

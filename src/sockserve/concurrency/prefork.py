@@ -36,23 +36,31 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 PR_SET_PDEATHSIG = 1
 
 
-def end_with_parent(parent: int) -> None:
+def find_prctl() -> Callable[..., int] | None:
+    """libc's prctl(2), looked up once in the supervisor, before it forks (a lookup in
+    a child of a threaded process could wait on a lock a thread held at the fork).
+    None off Linux, or without ctypes."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    return prctl
+
+
+def end_with_parent(prctl: Callable[..., int] | None, parent: int) -> None:
     """In a new worker: have the kernel send it SIGTERM when the supervisor dies, even
-    by SIGKILL, so that no worker serves on as an orphan (Linux; elsewhere nothing).
+    by SIGKILL, so that no worker serves on as an orphan (with *prctl*, on Linux).
 
     The SIGTERM waits, blocked, until the worker's handler is in place
     (``Supervisor.spawn``), and then stops it gracefully.  The fork happens on the
     supervisor's loop thread, whose end means the workers are being stopped anyway.
     """
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes  # here: only workers need it
-
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return
-    if prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0 and os.getppid() != parent:
+    if prctl is not None and prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0 \
+            and os.getppid() != parent:
         os.kill(os.getpid(), signal.SIGTERM)  # it died before the call above
 
 
@@ -102,6 +110,7 @@ class Supervisor:
         self._respawn_delay = 0.0
         self._respawn_at = 0.0
         self._to_replace: set[int] = set()  # pids to replace one by one (reload)
+        self._prctl = find_prctl()
 
     # -- running ---------------------------------------------------------------------
 
@@ -124,7 +133,7 @@ class Supervisor:
                     for sibling in self._workers.values():  # the parent's handles on them
                         if sibling.pidfd is not None:
                             os.close(sibling.pidfd)
-                    end_with_parent(parent)
+                    end_with_parent(self._prctl, parent)
                     self._run_worker(place)
                 finally:
                     os._exit(70)  # EX_SOFTWARE: run_worker() returned or raised
