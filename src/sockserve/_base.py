@@ -474,19 +474,20 @@ class BaseServer:
         """Hand the handshake to the loop, or (under handle_request()) do it here."""
         context = self.ssl_context
         assert context is not None
-        if self.__handshakes is not None:
-            fd = request.fileno()
-            handshake = self.__handshakes.start(context, request, client_address,
-                                                self.handshake_timeout)
-            self._sockserve_connections.replace(fd, handshake.tls)  # stop_now() reaches it
-            self.__handshakes.advance(handshake)
-            return
         fd = request.fileno()
+        registry = self._sockserve_connections
         try:
-            tls = blocking_handshake(context, request, self.handshake_timeout)
-        except (ssl.SSLError, OSError) as exc:
+            if self.__handshakes is not None:
+                handshake = self.__handshakes.start(context, request, client_address,
+                                                    self.handshake_timeout)
+                registry.replace(fd, handshake.tls)  # so that stop_now() reaches it
+                self.__handshakes.advance(handshake)
+                return
+            tls = blocking_handshake(context, request, self.handshake_timeout,
+                                     lambda tls: registry.replace(fd, tls))
+        except (ssl.SSLError, OSError) as exc:  # wrapping failed (a reset), or the handshake
             logger.info("TLS with %s: handshake failed: %s", client_address, exc)
-            self._sockserve_connections.release(fd)
+            registry.release(fd)
             self.__count_tls_failure(isinstance(exc, TimeoutError))
             return
         self.__handshake_done(tls, client_address)

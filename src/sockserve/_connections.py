@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -63,11 +64,17 @@ class ConnectionRegistry:
             return None
 
     def replace(self, old_fd: int, sock: Any) -> None:
-        """The connection on *old_fd* is now served through *sock* (e.g. an SSLSocket)."""
+        """The connection on *old_fd* is now served through *sock* (e.g. an SSLSocket);
+        if it was cut meanwhile (through a socket that no longer held it), *sock* is
+        shut down now."""
         with self._cond:
             entry = self._open.get(old_fd)
-            if entry is not None:
-                self._open[old_fd] = (sock, entry[1])
+            if entry is None:
+                return
+            self._open[old_fd] = (sock, entry[1])
+            cut = old_fd in self._cut
+        if cut:
+            shut_down(sock)
 
     def release(self, fd: int) -> None:
         """Forget the connection on *fd* (about to be closed); unknown fds are ignored."""
@@ -115,10 +122,18 @@ class ConnectionRegistry:
             self._cut.update(fresh)
             self.cut_total += len(fresh)
         for sock in fresh.values():
-            try:
-                # socket.socket's own: an SSLSocket's would also drop its TLS state,
-                # which a handshake still in progress then trips over.
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass  # already closed or reset
+            shut_down(sock)
         return len(fresh)
+
+
+def shut_down(sock: Any) -> None:
+    """Shut *sock* down in both directions, if it is still open."""
+    try:
+        if isinstance(sock, ssl.SSLSocket):
+            # socket.socket's own: an SSLSocket's would also drop its TLS state, which
+            # a handshake still in progress then trips over.
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        else:
+            sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # already closed or reset

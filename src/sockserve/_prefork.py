@@ -124,7 +124,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _replace_requested = False
     _own_sockets: tuple[socket.socket, ...] = ()  # a worker's (reuse_port_per_worker)
     _drain_channel: DrainChannel | None = None  # while the supervisor serves
-    _drain_for: float | None = None  # the timeout of the supervisor's drain in progress
+    _draining_workers = False  # the supervisor's drain() is in progress...
+    _drain_for: float | None = None  # ...with this timeout
     _drain_thread: threading.Thread | None = None  # a stopping worker's
     _sockserve_receive_flags = 0  # a datagram server's (UDPServer)
 
@@ -190,11 +191,14 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         finally:
             supervisor.stop(self._stop_timeout())
 
-    def _stop_timeout(self) -> float:
+    def _stop_timeout(self) -> float | None:
         """How long stopping workers get before SIGKILL: ``graceful_timeout``, or more
-        for a drain that gives them longer (they cut at its deadline, then exit)."""
-        if self._drain_for is None:
+        for a drain that gives them longer (they cut at its deadline, then exit), or
+        for ever for a drain without a timeout."""
+        if not self._draining_workers:
             return self.graceful_timeout
+        if self._drain_for is None:
+            return None
         return max(self.graceful_timeout, self._drain_for + DRAIN_EXIT_MARGIN)
 
     def _choose_cpu(self, taken: list[int | None]) -> int | None:
@@ -233,8 +237,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         finally:
             try:
                 self.server_close()  # joins a pool's threads; never unlinks the parent's file
-                if self._drain_thread is not None:  # it reports to the supervisor
-                    self._drain_thread.join(self.graceful_timeout)
+                if self._drain_thread is not None:  # it reports to the supervisor; the
+                    self._drain_thread.join()  # connections are gone, or its deadline is
             finally:
                 os._exit(status)
 
@@ -298,11 +302,11 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             raise RuntimeError("drain() cannot wait for the workers on the thread that "
                                "supervises them; call it from another thread")
         channel.start(timeout)
-        self._drain_for = timeout
+        self._draining_workers, self._drain_for = True, timeout
         try:
             super().drain(timeout, backlog=backlog)  # returns once the workers are reaped
         finally:
-            self._drain_for = None
+            self._draining_workers, self._drain_for = False, None
         report = channel.report()
         logger.info("drained %s: %d connections finished, %d cut", self.server_address,
                     report.finished, report.cut)

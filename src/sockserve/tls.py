@@ -62,6 +62,23 @@ def server_context(certfile: str | os.PathLike[str], keyfile: str | os.PathLike[
     return context
 
 
+def wrap_accepted(context: ssl.SSLContext, sock: Any) -> ssl.SSLSocket:
+    """*sock*, an accepted connection, as a server-side TLS socket (no handshake yet).
+
+    A connection the client has reset already fails before the wrap, whose own failure
+    would leave a half-made TLS socket for the garbage collector to close.
+
+    Raises:
+        OSError: the connection is gone; *sock* is closed.
+    """
+    try:
+        sock.getpeername()
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    except BaseException:
+        sock.close()
+        raise
+
+
 class Handshake:
     """One server-side handshake on an accepted socket, advanced without blocking."""
 
@@ -70,7 +87,7 @@ class Handshake:
     def __init__(self, context: ssl.SSLContext, sock: Any, client_address: Any,
                  timeout: float) -> None:
         sock.setblocking(False)
-        self.tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        self.tls = wrap_accepted(context, sock)
         self.client_address = client_address
         self.deadline = time.monotonic() + timeout
         self.waiting_for = selectors.EVENT_READ
@@ -157,9 +174,19 @@ class HandshakeDriver:
         client's takes a round trip or two) for at most *grace* seconds more, each
         within its own deadline, then abandon the rest.  Uses a selector of its own:
         the loop's still holds listeners that may be ready."""
+        if not self._pending:
+            return
+        if grace <= 0:
+            self.close()
+            return
         until = time.monotonic() + grace
         loop_selector = self._selector
-        with selectors.DefaultSelector() as selector:
+        try:
+            selector = selectors.DefaultSelector()
+        except OSError:  # out of descriptors, say: no grace then
+            self.close()
+            return
+        with selector:
             for handshake in self._pending:
                 loop_selector.unregister(handshake)
                 selector.register(handshake, handshake.waiting_for, handshake)
@@ -196,15 +223,19 @@ class HandshakeDriver:
             handshake.tls.close()
 
 
-def blocking_handshake(context: ssl.SSLContext, sock: Any, timeout: float) -> ssl.SSLSocket:
+def blocking_handshake(context: ssl.SSLContext, sock: Any, timeout: float,
+                       wrapped: Callable[[ssl.SSLSocket], None] = lambda tls: None
+                       ) -> ssl.SSLSocket:
     """The handshake for ``handle_request()``, which has no loop: bounded by *timeout*.
+    *wrapped* is told the TLS socket before the handshake starts.
 
     Raises:
         ssl.SSLError, OSError (TimeoutError after *timeout*): the socket is closed.
     """
     sock.settimeout(timeout)
-    tls = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+    tls = wrap_accepted(context, sock)
     try:
+        wrapped(tls)
         tls.do_handshake()
     except BaseException:
         tls.close()

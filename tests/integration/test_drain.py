@@ -143,3 +143,35 @@ def test_drain_can_serve_the_kernel_backlog_too() -> None:
             for client in (first, *waiting):
                 client.close()
             server.server_close()
+
+
+def test_drain_cuts_requests_that_only_look_like_sockets() -> None:
+    # get_request() may return any object that behaves like the socket (the stdlib
+    # asks no more); cutting it must go through its own shutdown().
+    class Wrapped:
+        def __init__(self, sock: Any) -> None:
+            self._sock = sock
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._sock, name)
+
+    class Hold(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"held\n")
+            self.rfile.read()
+
+    class Server(sockserve.ThreadingTCPServer):
+        def get_request(self) -> tuple[Any, Any]:
+            sock, address = super().get_request()
+            return Wrapped(sock), address
+
+    server = Server(("127.0.0.1", 0), Hold)
+    loop = serve(server)
+    try:
+        with connect(server.server_address) as client:
+            assert client.recv(100) == b"held\n"
+            assert server.drain(0.1) == DrainReport(open=1, finished=0, cut=1)
+            assert recv_all(client) == b""
+    finally:
+        loop.join(IO_TIMEOUT)
+        server.server_close()

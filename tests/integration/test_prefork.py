@@ -560,3 +560,30 @@ def test_workers_start_without_ctypes(monkeypatch: pytest.MonkeyPatch) -> None:
     with serve_in_thread(prefork(workers=1)) as server:
         assert int(ask(server.server_address)) in server.worker_pids()
     assert workers(server).crashed == 0
+
+
+def test_a_drain_without_timeout_waits_for_the_workers_connections() -> None:
+    class Echo(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            for line in self.rfile:
+                self.wfile.write(line)
+
+    # graceful_timeout 0: only the drain's own "no timeout" keeps the worker alive.
+    server = prefork(Echo, workers=1, graceful_timeout=0.0)
+    with serve_in_thread(server):
+        # After the fork: a worker forked later would hold a copy of the client's end.
+        wait_for(lambda: len(server.worker_pids()) == 1, what="the worker")
+        with connect(server.server_address) as client:
+            client.sendall(b"one\n")
+            assert client.recv(100) == b"one\n"
+            reports: list[DrainReport] = []
+            drainer = threading.Thread(target=lambda: reports.append(server.drain(None)))
+            drainer.start()
+            wait_for(server.draining.is_set, what="the drain")
+            wait_for(lambda: workers(server).target == 0, what="the workers told to stop")
+            client.sendall(b"two\n")  # the worker still serves its connection
+            assert client.recv(100) == b"two\n"
+        drainer.join(IO_TIMEOUT)
+        assert not drainer.is_alive()
+    assert reports == [DrainReport(open=1, finished=1, cut=0)]
+    assert workers(server).crashed == 0

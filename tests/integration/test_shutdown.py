@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -116,3 +118,37 @@ def test_serve_in_thread_round_trip() -> None:
         with connect(server.server_address) as client:
             client.sendall(b"hello\n")
             assert recv_all(client) == b"hello\n"
+
+
+def test_shutdown_while_out_of_descriptors_ends_the_loop_normally() -> None:
+    # The loop's clean-up must need no new descriptor (none is left to make one).
+    code = """
+import os, resource, socket, sys, threading
+import sockserve
+server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler)
+errors = []
+def serve():
+    try:
+        server.serve_forever()
+    except BaseException as exc:
+        errors.append(exc)
+loop = threading.Thread(target=serve)
+loop.start()
+socket.create_connection(server.server_address, timeout=5).close()  # the loop is up
+resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+hogs = []
+try:
+    while True:
+        hogs.append(os.open(os.devnull, os.O_RDONLY))
+except OSError:
+    pass
+server.shutdown()
+loop.join(5)
+for fd in hogs:
+    os.close(fd)
+server.server_close()
+print(repr(errors))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=IO_TIMEOUT * 2)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime
 import socket
 import ssl
+import struct
+import threading
 from typing import Any
 
 import pytest
@@ -173,3 +175,53 @@ def test_stop_now_cuts_a_connection_still_in_its_handshake(server_ctx: ssl.SSLCo
             wait_for(lambda: server.statistics().tls_in_progress == 1, what="the handshake")
             server.stop_now()
             assert silent.recv(100) == b""  # cut at once, not at the handshake timeout
+
+
+def test_a_client_that_resets_before_its_handshake_harms_no_one(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    server_type: Any = type("Server", (sockserve.ThreadingTCPServer,),
+                            {"ssl_context": server_ctx})
+    server = server_type(("127.0.0.1", 0), Info)
+    # In the backlog before the loop starts, then reset: wrapping it fails.
+    quitter = connect(server.server_address)
+    quitter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    quitter.close()
+    with serve_in_thread(server):
+        with client_ctx(ca).wrap_socket(connect(server.server_address),
+                                        server_hostname="127.0.0.1") as client:
+            client.sendall(b"still serving\n")
+            assert client.recv(100) == b"still serving\n"
+            assert client.recv(100).startswith(b"alpn=")
+        wait_for(lambda: len(server._sockserve_connections) == 0, what="the reset released")
+    assert server.statistics().tls_failed == 1
+
+
+def test_stop_now_cuts_a_connection_in_a_blocking_handshake(
+        server_ctx: ssl.SSLContext) -> None:
+    # drain(backlog=True) takes a silent client from the backlog once the loop has
+    # ended: its handshake blocks the loop's thread, and stop_now() must reach it.
+    loop_held, release_loop = threading.Event(), threading.Event()
+
+    class Server(sockserve.ThreadingTCPServer):
+        ssl_context = server_ctx
+        handshake_timeout = 60.0
+
+        def service_actions(self) -> None:
+            if not release_loop.is_set():
+                loop_held.set()
+                assert release_loop.wait(IO_TIMEOUT)
+
+    server = Server(("127.0.0.1", 0), sockserve.StreamRequestHandler)
+    with serve_in_thread(server):
+        assert loop_held.wait(IO_TIMEOUT)
+        with connect(server.server_address) as silent:  # waits in the backlog
+            drainer = threading.Thread(target=server.drain, args=(1.0,),
+                                       kwargs={"backlog": True})
+            drainer.start()
+            wait_for(server.draining.is_set, what="the drain")
+            release_loop.set()
+            wait_for(lambda: server.statistics().connections == 1, what="the backlog taken")
+            server.stop_now()
+            assert silent.recv(100) == b""  # now, not after the handshake timeout
+            drainer.join(IO_TIMEOUT)
+            assert not drainer.is_alive()

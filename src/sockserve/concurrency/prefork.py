@@ -257,20 +257,22 @@ class Supervisor:
 
     # -- stopping --------------------------------------------------------------------
 
-    def stop(self, graceful_timeout: float) -> None:
-        """SIGTERM every worker, wait up to *graceful_timeout*, SIGKILL the rest, reap all."""
+    def stop(self, graceful_timeout: float | None) -> None:
+        """SIGTERM every worker, wait up to *graceful_timeout* (None: until they end),
+        SIGKILL the rest, reap all."""
         self.target = 0
         for pid in list(self._workers):
             self._signal(pid, signal.SIGTERM)
-        deadline = time.monotonic() + graceful_timeout
+        deadline = None if graceful_timeout is None else time.monotonic() + graceful_timeout
         with selectors.DefaultSelector() as selector:
             while self._workers:
                 self.reap(selector)
-                remaining = deadline - time.monotonic()
-                if not self._workers or remaining <= 0:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if not self._workers or (remaining is not None and remaining <= 0):
                     break
                 poll = self.register(selector)
-                selector.select(remaining if poll is None else min(poll, remaining))
+                selector.select(poll if remaining is None
+                                else remaining if poll is None else min(poll, remaining))
         for pid in list(self._workers):
             logger.warning("worker %d did not stop within %.1f s: killing it",
                            pid, graceful_timeout)
