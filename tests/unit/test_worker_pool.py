@@ -115,8 +115,11 @@ def test_no_request_waits_behind_long_ones_while_a_worker_is_free(
         assert pool.close(timeout=IO_TIMEOUT)
 
 
-def fail_next_thread_start(monkeypatch: Any) -> None:
-    """The next ``Thread.start()`` fails as when the process may not start more threads."""
+def fail_next_thread_start(monkeypatch: Any,
+                           error: BaseException = RuntimeError("can't start new thread")
+                           ) -> None:
+    """The next ``Thread.start()`` raises *error*; by default as when the process may
+    not start more threads."""
     real_start = threading.Thread.start
     failed = False
 
@@ -124,7 +127,7 @@ def fail_next_thread_start(monkeypatch: Any) -> None:
         nonlocal failed
         if not failed:
             failed = True
-            raise RuntimeError("can't start new thread")
+            raise error
         real_start(thread)
 
     monkeypatch.setattr(threading.Thread, "start", start)
@@ -229,17 +232,7 @@ def test_a_full_pool_queues_an_accepted_request_past_its_limit() -> None:
 
 
 def test_a_thread_start_failing_otherwise_leaves_no_phantom_either(monkeypatch: Any) -> None:
-    real_start = threading.Thread.start
-    failed = False
-
-    def start(thread: threading.Thread) -> None:
-        nonlocal failed
-        if not failed:
-            failed = True
-            raise MemoryError
-        real_start(thread)
-
-    monkeypatch.setattr(threading.Thread, "start", start)
+    fail_next_thread_start(monkeypatch, MemoryError())
     done = threading.Semaphore(0)
     pool = WorkerPool(lambda request, client_address: done.release(), max_workers=1,
                       max_queue=1)
