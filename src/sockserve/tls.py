@@ -139,8 +139,12 @@ class HandshakeDriver:
         """Wrap *sock* and wait for its handshake; the caller then calls ``advance()``
         (the ClientHello is often already here), once it knows the TLS socket."""
         handshake = Handshake(context, sock, client_address, timeout)
+        try:
+            self._selector.register(handshake, handshake.waiting_for, handshake)
+        except BaseException:  # e.g. epoll's watch limit: the caller counts the failure
+            handshake.tls.close()
+            raise
         self._pending.add(handshake)
-        self._selector.register(handshake, handshake.waiting_for, handshake)
         return handshake
 
     def advance(self, handshake: Handshake) -> None:
