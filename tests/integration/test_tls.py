@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import errno
+import selectors
 import socket
 import ssl
 import struct
@@ -225,3 +227,18 @@ def test_stop_now_cuts_a_connection_in_a_blocking_handshake(
             assert silent.recv(100) == b""  # now, not after the handshake timeout
             drainer.join(IO_TIMEOUT)
             assert not drainer.is_alive()
+
+
+def test_a_handshake_the_selector_refuses_is_closed(server_ctx: ssl.SSLContext) -> None:
+    class Refusing(selectors.DefaultSelector):
+        def register(self, fileobj: Any, events: int, data: Any = None) -> Any:
+            raise OSError(errno.ENOSPC, "epoll watch limit")
+
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            connect(listener.getsockname()) as client, Refusing() as selector:
+        accepted, address = listener.accept()
+        driver = tls.HandshakeDriver(selector, lambda *done: None, lambda *failed: None)
+        with pytest.raises(OSError, match="watch limit"):
+            driver.start(server_ctx, accepted, address, 5.0)
+        assert len(driver) == 0
+        assert client.recv(100) == b""  # closed, not left to the garbage collector
