@@ -152,19 +152,21 @@ class BaseServer:
                 self.__handshakes = handshakes = HandshakeDriver(
                     selector, self.__handshake_done, self.__handshake_failed)
                 self._sockserve_selector = selector
+                stopped = False
                 try:
                     self._sockserve_serve_loop(selector, waker, poll_interval)
                     if self.__accept_backlog_on_stop:
                         self._sockserve_accept_backlog()
-                    # Connections accepted and still in their TLS handshake are served
-                    # too, if their clients complete it soon.
-                    self._sockserve_selector = None
-                    self.__handshakes = None
-                    handshakes.finish(self._sockserve_handshake_grace_on_stop)
+                    stopped = True
                 finally:
                     self._sockserve_selector = None
                     self.__handshakes = None
-                    handshakes.close()
+                    # Connections still in their TLS handshake: after a normal stop they
+                    # are served too if their clients complete it soon; else dropped.
+                    if stopped:
+                        handshakes.finish(self._sockserve_handshake_grace_on_stop)
+                    else:
+                        handshakes.close()
         finally:
             if self.__waker is not None:
                 self.__waker.close()

@@ -36,6 +36,20 @@ class CountWarnings(logging.Handler):
             self.pauses += 1
 
 
+def fill_descriptor_table() -> list[int]:
+    """Lower the descriptor limit to 256 and open descriptors until none is left;
+    returns them, for the caller to close."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
+    hogs = []
+    try:
+        while True:
+            hogs.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+    return hogs
+
+
 def main() -> None:
     counter = CountWarnings()
     logging.getLogger("sockserve").addHandler(counter)
@@ -48,14 +62,7 @@ def main() -> None:
     with socket.create_connection(server.server_address, timeout=5) as probe:
         probe.sendall(b"probe\n")
         assert probe.makefile("rb").readline() == b"probe\n"
-    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))
-    hogs = []
-    try:
-        while True:
-            hogs.append(os.open(os.devnull, os.O_RDONLY))
-    except OSError:
-        pass
+    hogs = fill_descriptor_table()
     print(server.server_address[1], flush=True)
     assert sys.stdin.readline().strip() == "measure"
     cpu_before, wall_before = time.process_time(), time.monotonic()

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -123,8 +124,9 @@ def test_serve_in_thread_round_trip() -> None:
 def test_shutdown_while_out_of_descriptors_ends_the_loop_normally() -> None:
     # The loop's clean-up must need no new descriptor (none is left to make one).
     code = """
-import os, resource, socket, sys, threading
+import os, socket, threading
 import sockserve
+from emfile_server import fill_descriptor_table
 server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler)
 errors = []
 def serve():
@@ -135,13 +137,7 @@ def serve():
 loop = threading.Thread(target=serve)
 loop.start()
 socket.create_connection(server.server_address, timeout=5).close()  # the loop is up
-resource.setrlimit(resource.RLIMIT_NOFILE, (256, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
-hogs = []
-try:
-    while True:
-        hogs.append(os.open(os.devnull, os.O_RDONLY))
-except OSError:
-    pass
+hogs = fill_descriptor_table()
 server.shutdown()
 loop.join(5)
 for fd in hogs:
@@ -150,5 +146,5 @@ server.server_close()
 print(repr(errors))
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=IO_TIMEOUT * 2)
+                          timeout=IO_TIMEOUT * 2, cwd=Path(__file__).parent)
     assert done.stdout.strip() == "[]", done.stderr
