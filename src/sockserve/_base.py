@@ -159,14 +159,18 @@ class BaseServer:
                         self._sockserve_accept_backlog()
                     stopped = True
                 finally:
-                    self._sockserve_selector = None
-                    self.__handshakes = None
-                    # Connections still in their TLS handshake: after a normal stop they
-                    # are served too if their clients complete it soon; else dropped.
-                    if stopped:
-                        handshakes.finish(self._sockserve_handshake_grace_on_stop)
-                    else:
-                        handshakes.close()
+                    try:
+                        self._sockserve_loop_ended(waker, stopped)
+                    finally:
+                        self._sockserve_selector = None
+                        self.__handshakes = None
+                        # Connections still in their TLS handshake: after a normal stop
+                        # they are served too if their clients complete it soon; else
+                        # dropped.
+                        if stopped:
+                            handshakes.finish(self._sockserve_handshake_grace_on_stop)
+                        else:
+                            handshakes.close()
         finally:
             if self.__waker is not None:
                 self.__waker.close()
@@ -176,6 +180,11 @@ class BaseServer:
             # Last: until here, a shutdown() on this thread (a signal handler running
             # during this cleanup) must see that the loop is its own and not wait.
             self.__loop_owner = None
+
+    def _sockserve_loop_ended(self, waker: Waker, stopped: bool) -> None:
+        """Called once the loop has ended, with its selector still open: *stopped* if
+        it stopped normally (after accepting the backlog, for ``drain(backlog=True)``).
+        A mix-in that keeps connections in that selector ends them here (_evented.py)."""
 
     def _sockserve_listeners(self) -> list[Any]:
         """What the loop waits on for new requests: the server itself (its fileno(),

@@ -13,10 +13,12 @@ import errno
 import logging
 import selectors
 import socket
+import time
 from typing import Any
 
 from ._mixins import _ConcurrencyMixIn
 from ._server import TCPServer
+from ._wakeup import Waker
 from .framing import Framer, FramingName, make_framer
 
 logger = logging.getLogger("sockserve.server")
@@ -60,7 +62,7 @@ class MessageRequestHandler:
 class _Connection:
     """One client on the loop: receive, frame, call the handler, send."""
 
-    __slots__ = ("server", "sock", "handler", "framer", "output", "events")
+    __slots__ = ("server", "sock", "handler", "framer", "output", "events", "served")
 
     def __init__(self, server: Any, sock: socket.socket, handler: MessageRequestHandler,
                  framer: Framer) -> None:
@@ -70,6 +72,12 @@ class _Connection:
         self.framer = framer
         self.output = bytearray()
         self.events = selectors.EVENT_READ
+        self.served = False  # a message has been handled
+
+    @property
+    def between_messages(self) -> bool:
+        """Its first message served, no part of the next one read, its replies sent."""
+        return self.served and not self.framer.pending and not self.output
 
     def sockserve_ready(self, events: int) -> None:
         try:
@@ -101,6 +109,7 @@ class _Connection:
         for message in framer.feed(memoryview(buffer)[:count]):
             if handler.closing:
                 break  # close() asked for no more
+            self.served = True
             reply = handler.handle_message(message)
             if reply:
                 self._send(framer.frame(reply))
@@ -152,13 +161,17 @@ class EventedMixIn(_ConcurrencyMixIn):
     """Serve ``MessageRequestHandler`` subclasses from the serving loop itself.
 
     Thousands of mostly idle connections cost no thread.  When the loop stops (shutdown,
-    drain), each connection's pending replies are sent (best effort, without blocking)
-    and the connection is ended: with handlers that run to completion on the loop, no
-    received message is ever left half-served.  ``handle_request()`` serves one
+    drain, a recycling worker), each connection is served until it is between messages
+    and then ended (see ``_evented_linger``).  ``handle_request()`` serves one
     connection to its end before returning.
     """
 
     _evented_buffer: bytearray
+    # After the loop stops: how long a connection may take to send its first message,
+    # or the rest of the one it is in, before it is ended (a drain's deadline replaces
+    # this).  A client's next message takes a round trip; a silent one must not hold up
+    # the stop.
+    stop_grace = 1.0
     # Connections end when the loop stops: one still in its TLS handshake too.
     _sockserve_handshake_grace_on_stop = 0.0
 
@@ -197,10 +210,10 @@ class EventedMixIn(_ConcurrencyMixIn):
         connections: set[_Connection] = self.__dict__.setdefault("_evented_connections", set())
         return connections
 
-    def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Any,
-                              poll_interval: float | None) -> None:
+    def _sockserve_loop_ended(self, waker: Waker, stopped: bool) -> None:
         try:
-            super()._sockserve_serve_loop(selector, waker, poll_interval)
+            if stopped:
+                self._evented_linger(waker)
         finally:
             for connection in list(self._evented_connections):
                 try:
@@ -210,6 +223,56 @@ class EventedMixIn(_ConcurrencyMixIn):
                         logger.debug("flushing %s: %s", connection.handler.client_address,
                                      exc)
                 connection.end()
+
+    def _evented_linger(self, waker: Waker) -> None:
+        """After a normal stop: serve each connection until it is between messages,
+        then end it, for at most ``stop_grace`` seconds, or, during a drain, until the
+        drain's deadline cuts what is left.  Waiting for a first message too means that
+        a connection accepted just before the stop is answered, not dropped.
+
+        Uses a selector of its own: the loop's still holds the listeners, and the TLS
+        handshakes in progress, which this model abandons at the stop.
+        """
+        connections = self._evented_connections
+        loop_selector = self._sockserve_selector
+        if not connections or loop_selector is None:
+            return
+        try:
+            selector = selectors.DefaultSelector()
+        except OSError:  # out of descriptors, say: no grace then
+            return
+        deadline = time.monotonic() + self.stop_grace
+        with selector:
+            selector.register(waker, selectors.EVENT_READ)
+            for connection in connections:
+                loop_selector.unregister(connection.sock)
+                selector.register(connection.sock, connection.events or selectors.EVENT_READ,
+                                  connection)
+            self._sockserve_selector = selector
+            try:
+                wait: float | None = 0.0  # first, what already waits unread
+                while True:
+                    active = set()
+                    for key, events in selector.select(wait):
+                        if key.fileobj is waker:
+                            self._sockserve_read_wakeups(waker)
+                        else:
+                            key.data.sockserve_ready(events)
+                            active.add(key.data)
+                    # Quiet ones (nothing more to read right now) end between messages.
+                    for connection in list(connections):
+                        if connection not in active and connection.between_messages:
+                            connection.end()
+                    if not connections:
+                        return
+                    if active:
+                        wait = 0.0  # look again before ending or waiting
+                        continue
+                    wait = None if self.draining.is_set() else deadline - time.monotonic()
+                    if wait is not None and wait <= 0:
+                        return
+            finally:
+                self._sockserve_selector = loop_selector
 
 
 class EventedTCPServer(EventedMixIn, TCPServer):

@@ -15,6 +15,7 @@ import math
 import mmap
 import os
 import random
+import re
 import selectors
 import signal
 import socket
@@ -34,6 +35,10 @@ INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # the ones with SO_REUSEPORT
 # A drain longer than graceful_timeout gives the workers its timeout plus this to cut
 # what is left and exit, before they are killed.
 DRAIN_EXIT_MARGIN = 5.0
+
+# A worker that took its last request (max_requests) writes "R<pid>;" into the
+# supervisor's waker; these bytes never read as its one-byte messages (_wakeup.py).
+RETIRING = re.compile(rb"R(\d+);")
 
 # Every server PreForkMixIn goes with is a TCPServer (UDP and Unix ones subclass it).
 if TYPE_CHECKING:
@@ -279,17 +284,29 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
 
     def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
         messages = super()._sockserve_read_wakeups(waker)
-        if self.in_worker and bytes([signal.SIGTERM]) in messages:
-            self._stop_worker()
+        if self.in_worker:
+            if bytes([signal.SIGTERM]) in messages:
+                self._stop_worker()
+        elif self._supervisor is not None:
+            for pid in RETIRING.findall(messages):
+                self._supervisor.retire(int(pid))
         return messages
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        super().process_request(request, client_address)
         if self._requests_left:
             self._requests_left -= 1
             if not self._requests_left:
-                logger.info("worker %d served max_requests: recycling", os.getpid())
-                BaseServer.shutdown(self)  # this worker only; the supervisor replaces it
+                self._retire()
+        super().process_request(request, client_address)
+
+    def _retire(self) -> None:
+        """In a worker that took its last request: have the supervisor start the
+        replacement now, then stop like a worker that ``reload()`` replaces (stop
+        accepting, finish what is open, exit)."""
+        logger.info("worker %d served max_requests: recycling", os.getpid())
+        if self._supervisor_waker is not None:  # lost, it is replaced when it exits
+            self._supervisor_waker.wake(b"R%d;" % os.getpid())
+        self._stop_worker()
 
     def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
         """In the supervisor: every worker stops accepting and drains its connections

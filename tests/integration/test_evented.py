@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import select
 import socket
 import struct
 import threading
+from typing import Any
 
 import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
 
 class Upper(sockserve.MessageRequestHandler):
@@ -134,3 +136,115 @@ def test_evented_workers_under_prefork() -> None:
                 assert recv_all(client) == word.upper() + b"\nbye\n"
     workers = server.statistics().workers
     assert workers is not None and workers.crashed == 0
+
+
+class StopOnSetup(Upper):
+    """Stops the server as soon as the connection is accepted: its first message has
+    not been read when the loop ends."""
+
+    def setup(self) -> None:
+        self.server.shutdown()  # on the loop's own thread: returns at once
+
+
+def test_a_connection_accepted_as_the_loop_stops_gets_its_first_reply() -> None:
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), StopOnSetup)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"first\n")
+            assert recv_all(client) == b"FIRST\n"  # served, then ended between messages
+
+
+def test_a_message_waiting_unread_at_the_stop_is_served() -> None:
+    stop_handled = threading.Event()
+
+    class StopOnRequest(Upper):
+        def handle_message(self, message: bytes) -> bytes | None:
+            if message != b"stop\n":
+                return super().handle_message(message)
+            self.server.shutdown()
+            stop_handled.set()
+            # Hold the loop until the other client's next message is in its socket:
+            # the loop stops without having read it.
+            others = [c.sock for c in self.server._evented_connections if c.handler is not self]
+            select.select(others, [], [], IO_TIMEOUT)
+            return b"stopping\n"
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), StopOnRequest)) as server:
+        with connect(server.server_address) as other, connect(server.server_address) as stopper:
+            other.sendall(b"one\n")
+            assert other.makefile("rb").readline() == b"ONE\n"
+            stopper.sendall(b"stop\n")
+            assert stop_handled.wait(IO_TIMEOUT)
+            other.sendall(b"two\n")
+            assert recv_all(stopper) == b"stopping\n"
+            assert recv_all(other) == b"TWO\n"
+
+
+def test_a_message_still_incomplete_after_the_stop_grace_ends_its_connection() -> None:
+    class Server(sockserve.EventedTCPServer):
+        stop_grace = 0.1
+
+    with serve_in_thread(Server(("127.0.0.1", 0), StopOnSetup)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"no end of line")
+            assert recv_all(client) == b""
+    assert server.statistics().connections == 0
+
+
+def test_drain_waits_for_a_message_in_progress() -> None:
+    server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        with connect(server.server_address) as client:
+            client.sendall(b"a\n")
+            assert client.makefile("rb").readline() == b"A\n"
+            client.sendall(b"hal")  # in the middle of a message
+            wait_for(lambda: server._evented_connections and
+                     next(iter(server._evented_connections)).framer.pending,
+                     what="half a message read")
+            reports: list[Any] = []
+            drainer = threading.Thread(target=lambda: reports.append(server.drain(IO_TIMEOUT)))
+            drainer.start()
+            assert server.draining.wait(IO_TIMEOUT)
+            client.sendall(b"f\n")
+            assert recv_all(client) == b"HALF\n"
+            drainer.join(IO_TIMEOUT)
+        loop.join(IO_TIMEOUT)
+    finally:
+        server.server_close()
+    assert reports and (reports[0].finished, reports[0].cut) == (1, 0)
+
+
+def test_drain_with_backlog_serves_the_connections_waiting_in_the_kernel() -> None:
+    go = threading.Event()
+
+    class Blocking(Upper):
+        def handle_message(self, message: bytes) -> bytes | None:
+            if message == b"block\n":
+                go.wait(IO_TIMEOUT)  # holds the loop: the next client waits in the backlog
+            return super().handle_message(message)
+
+    server = sockserve.EventedTCPServer(("127.0.0.1", 0), Blocking)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        with connect(server.server_address) as first:
+            first.sendall(b"block\n")
+            wait_for(lambda: server.statistics().connections == 1, what="the first accepted")
+            with connect(server.server_address) as waiting:
+                waiting.sendall(b"late\n")
+                reports: list[Any] = []
+                drainer = threading.Thread(
+                    target=lambda: reports.append(server.drain(IO_TIMEOUT, backlog=True)))
+                drainer.start()
+                assert server.draining.wait(IO_TIMEOUT)
+                go.set()
+                assert recv_all(first) == b"BLOCK\n"
+                assert recv_all(waiting) == b"LATE\n"
+                drainer.join(IO_TIMEOUT)
+        loop.join(IO_TIMEOUT)
+    finally:
+        go.set()
+        server.server_close()
+    assert reports and (reports[0].finished, reports[0].cut) == (2, 0)
+    assert server.statistics().connections == 0

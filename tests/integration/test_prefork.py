@@ -587,3 +587,60 @@ def test_a_drain_without_timeout_waits_for_the_workers_connections() -> None:
         assert not drainer.is_alive()
     assert reports == [DrainReport(open=1, finished=1, cut=0)]
     assert workers(server).crashed == 0
+
+
+class Lines(Pid):
+    """Replies with the worker's pid to every line until "bye" (not until the client
+    closes: workers forked after the client connected hold a copy of its socket)."""
+
+    def handle(self) -> None:
+        for line in self.rfile:
+            if line == b"bye\n":
+                return
+            self.wfile.write(b"%d\n" % os.getpid())
+
+
+def test_a_recycling_worker_is_replaced_while_it_finishes_its_connections() -> None:
+    class Server(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.TCPServer):
+        workers = 1
+        max_requests = 1
+        graceful_timeout = IO_TIMEOUT
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Lines)) as server:
+        with connect(server.server_address) as kept:
+            replies = kept.makefile("rb")
+            kept.sendall(b"pid\n")
+            old = int(replies.readline())
+            # The old worker has served its last request but keeps that connection: a
+            # replacement already accepts new ones.
+            with connect(server.server_address) as new:
+                new.sendall(b"pid\n")
+                assert int(new.makefile("rb").readline()) != old
+                new.sendall(b"bye\n")
+            kept.sendall(b"pid\nbye\n")
+            assert int(replies.readline()) == old
+    stats = workers(server)
+    assert stats.crashed == 0 and stats.exited >= 1
+
+
+class UpperLines(sockserve.MessageRequestHandler):
+    def handle_message(self, message: bytes) -> bytes | None:
+        return b"%d %s" % (os.getpid(), message.upper())
+
+
+def test_a_recycling_evented_worker_answers_the_connection_it_accepted_last() -> None:
+    class Server(sockserve.PreForkMixIn, sockserve.EventedMixIn, sockserve.TCPServer):
+        workers = 1
+        max_requests = 1
+        graceful_timeout = IO_TIMEOUT
+
+    with serve_in_thread(Server(("127.0.0.1", 0), UpperLines)) as server:
+        pids = []
+        for word in (b"a", b"b", b"c"):
+            with connect(server.server_address) as client:
+                client.sendall(word + b"\n")
+                pid, reply = recv_all(client).split()
+                assert reply == word.upper()
+                pids.append(int(pid))
+    assert len(set(pids)) == 3  # each worker served one connection, then recycled
+    assert workers(server).crashed == 0

@@ -235,6 +235,15 @@ class Supervisor:
             worker.stopping = True
             self._signal(worker.pid, signal.SIGTERM)
 
+    def retire(self, pid: int) -> None:
+        """Worker *pid* is stopping by itself (it served max_requests) and finishes what
+        it has open: it no longer counts toward ``target``, so ``fill()`` starts its
+        replacement now rather than when it exits."""
+        worker = self._workers.get(pid)
+        if worker is not None:
+            worker.stopping = True
+            self._to_replace.discard(pid)
+
     def replace_all(self) -> None:
         """Replace every worker now running, one at a time (see ``roll()``)."""
         self._to_replace.update(self._workers)
