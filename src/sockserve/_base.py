@@ -159,11 +159,8 @@ class BaseServer:
                         self._sockserve_accept_backlog()
                     stopped = True
                 finally:
+                    self.__handshakes = None
                     try:
-                        self._sockserve_loop_ended(waker, stopped)
-                    finally:
-                        self._sockserve_selector = None
-                        self.__handshakes = None
                         # Connections still in their TLS handshake: after a normal stop
                         # they are served too if their clients complete it soon; else
                         # dropped.
@@ -171,6 +168,11 @@ class BaseServer:
                             handshakes.finish(self._sockserve_handshake_grace_on_stop)
                         else:
                             handshakes.close()
+                    finally:
+                        try:
+                            self._sockserve_loop_ended(waker, stopped)
+                        finally:
+                            self._sockserve_selector = None
         finally:
             if self.__waker is not None:
                 self.__waker.close()

@@ -172,8 +172,9 @@ class EventedMixIn(_ConcurrencyMixIn):
     # this).  A client's next message takes a round trip; a silent one must not hold up
     # the stop.
     stop_grace = 1.0
-    # Connections end when the loop stops: one still in its TLS handshake too.
-    _sockserve_handshake_grace_on_stop = 0.0
+    # A TLS handshake in progress at the stop may complete (blocking the loop's thread
+    # up to this long), then its connection lingers with the others.
+    _sockserve_handshake_grace_on_stop = 1.0
 
     def process_request(self, request: Any, client_address: Any) -> None:
         handler_class = self.RequestHandlerClass
@@ -230,8 +231,7 @@ class EventedMixIn(_ConcurrencyMixIn):
         drain's deadline cuts what is left.  Waiting for a first message too means that
         a connection accepted just before the stop is answered, not dropped.
 
-        Uses a selector of its own: the loop's still holds the listeners, and the TLS
-        handshakes in progress, which this model abandons at the stop.
+        Uses a selector of its own: the loop's still holds the listeners.
         """
         connections = self._evented_connections
         loop_selector = self._sockserve_selector

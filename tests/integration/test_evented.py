@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import select
 import socket
+import ssl
 import struct
 import threading
 from typing import Any
@@ -12,7 +13,7 @@ import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 
 
 class Upper(sockserve.MessageRequestHandler):
@@ -248,3 +249,32 @@ def test_drain_with_backlog_serves_the_connections_waiting_in_the_kernel() -> No
         server.server_close()
     assert reports and (reports[0].finished, reports[0].cut) == (2, 0)
     assert server.statistics().connections == 0
+
+
+def test_a_tls_handshake_in_progress_at_the_stop_is_completed_and_served(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    class StopOnRequest(Upper):
+        def handle_message(self, message: bytes) -> bytes | None:
+            if message == b"stop\n":
+                self.server.shutdown()  # on the loop's thread: returns at once
+            return super().handle_message(message)
+
+    class Server(sockserve.EventedTCPServer):
+        stop_grace = IO_TIMEOUT  # no race with a slow CI machine
+        _sockserve_handshake_grace_on_stop = IO_TIMEOUT
+
+    server = Server(("127.0.0.1", 0), StopOnRequest)
+    server.ssl_context = server_ctx
+    context = client_ctx(ca)
+    with serve_in_thread(server):
+        # The slow client is accepted first but sends its ClientHello only once the
+        # fast one has stopped the loop.
+        with connect(server.server_address) as slow_raw, \
+                context.wrap_socket(connect(server.server_address),
+                                    server_hostname="127.0.0.1") as fast:
+            fast.sendall(b"stop\n")
+            assert fast.makefile("rb").readline() == b"STOP\n"
+            with context.wrap_socket(slow_raw, server_hostname="127.0.0.1") as slow:
+                slow.sendall(b"late\n")
+                assert recv_all(slow) == b"LATE\n"
+            assert recv_all(fast) == b""  # ended between messages
