@@ -134,6 +134,14 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _drain_thread: threading.Thread | None = None  # a stopping worker's
     _sockserve_receive_flags = 0  # a datagram server's (UDPServer)
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if getattr(cls, "_sockserve_event_loop", False):
+            raise TypeError(
+                f"{cls.__qualname__}: PreForkMixIn does not combine with AsyncMixIn yet "
+                "(the event loop would serve in the supervisor, with no worker); run "
+                "several processes on one SO_REUSEPORT address instead (docs/async.md)")
+
     def server_bind(self) -> None:
         if self.reuse_port_per_worker and self.address_family in INET_FAMILIES:
             self.allow_reuse_port = True  # the kernel only groups sockets that all ask

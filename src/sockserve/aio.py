@@ -116,6 +116,8 @@ class AsyncMixIn(_ServerBase):
 
     loop_factory: LoopChoice = None
     graceful_timeout: float = 0.0
+    # Serves on an event loop of its own, not the sync serving loop (PreForkMixIn checks).
+    _sockserve_event_loop = True
     # One event loop accepts for every connection: a deep backlog absorbs bursts.  The
     # kernel caps it at net.core.somaxconn.
     request_queue_size = socket.SOMAXCONN
