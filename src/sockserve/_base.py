@@ -487,31 +487,36 @@ class BaseServer:
         """Hand the handshake to the loop, or (under handle_request()) do it here."""
         context = self.ssl_context
         assert context is not None
-        fd = request.fileno()
         registry = self._sockserve_connections
+        tls: ssl.SSLSocket | None = None
+
+        def wrapped(wrapper: ssl.SSLSocket) -> None:
+            nonlocal tls
+            tls = wrapper
+            registry.replace(request, wrapper)  # so that stop_now() reaches it
+
         try:
             if self.__handshakes is not None:
                 handshake = self.__handshakes.start(context, request, client_address,
                                                     self.handshake_timeout)
-                registry.replace(fd, handshake.tls)  # so that stop_now() reaches it
+                wrapped(handshake.tls)
                 self.__handshakes.advance(handshake)
                 return
-            tls = blocking_handshake(context, request, self.handshake_timeout,
-                                     lambda tls: registry.replace(fd, tls))
+            blocking_handshake(context, request, self.handshake_timeout, wrapped)
         except (ssl.SSLError, OSError) as exc:  # wrapping failed (a reset), or the handshake
             logger.info("TLS with %s: handshake failed: %s", client_address, exc)
-            registry.release(fd)
+            registry.release(request if tls is None else tls)
             self.__count_tls_failure(isinstance(exc, TimeoutError))
             return
-        self.__handshake_done(tls, client_address)
+        assert tls is not None
+        self.__dispatch(tls, client_address)
 
     def __handshake_done(self, tls: ssl.SSLSocket, client_address: Any) -> None:
-        self._sockserve_connections.replace(tls.fileno(), tls)
         self.__dispatch(tls, client_address)
 
     def __handshake_failed(self, tls: ssl.SSLSocket, client_address: Any,
                            timed_out: bool) -> None:
-        self._sockserve_connections.release(tls.fileno())
+        self._sockserve_connections.release(tls)
         self.__count_tls_failure(timed_out)
 
     def __count_tls_failure(self, timed_out: bool) -> None:

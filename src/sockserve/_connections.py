@@ -25,7 +25,12 @@ def client_host(client_address: Any) -> str | None:
 
 
 class ConnectionRegistry:
-    """Open connections, keyed by descriptor (a TLS wrap keeps the number).
+    """Open connections, each known by the socket object that serves it now.
+
+    Not by descriptor: a handler may close its socket before the server releases it
+    (its ``fileno()`` is then -1, and the number may already serve a new connection).
+    A TLS wrap or a green adoption serves the connection through a new object:
+    ``replace()`` follows it.  Registered objects are alive, so their ids are unique.
 
     Args:
         on_release: called (outside the lock) after a connection is released, so a
@@ -34,10 +39,10 @@ class ConnectionRegistry:
 
     def __init__(self, on_release: Callable[[], None] = lambda: None) -> None:
         self._cond = threading.Condition()
-        self._open: dict[int, tuple[Any, str | None]] = {}
+        self._open: dict[int, tuple[Any, str | None]] = {}  # id(socket) -> (socket, host)
         self._per_host: collections.Counter[str] = collections.Counter()
         self._on_release = on_release
-        self._cut: set[int] = set()
+        self._cut: set[int] = set()  # ids of the cut ones
         self.finished_total = 0  # released without having been cut
         self.cut_total = 0  # cut by cut_all()
 
@@ -58,28 +63,33 @@ class ConnectionRegistry:
             if host is not None and max_per_host is not None and \
                     self._per_host[host] >= max_per_host:
                 return "max_connections_per_ip"
-            self._open[sock.fileno()] = (sock, host)
+            self._open[id(sock)] = (sock, host)
             if host is not None:
                 self._per_host[host] += 1
             return None
 
-    def replace(self, old_fd: int, sock: Any) -> None:
-        """The connection on *old_fd* is now served through *sock* (e.g. an SSLSocket);
-        if it was cut meanwhile (through a socket that no longer held it), *sock* is
-        shut down now."""
+    def replace(self, old: Any, sock: Any) -> None:
+        """The connection served through *old* is now served through *sock* (e.g. an
+        SSLSocket); if it was cut meanwhile (through *old*, which may no longer hold
+        it), *sock* is shut down now."""
         with self._cond:
-            entry = self._open.get(old_fd)
+            entry = self._open.pop(id(old), None)
             if entry is None:
                 return
-            self._open[old_fd] = (sock, entry[1])
-            cut = old_fd in self._cut
+            self._open[id(sock)] = (sock, entry[1])
+            cut = id(old) in self._cut
+            if cut:
+                self._cut.discard(id(old))
+                self._cut.add(id(sock))
         if cut:
             shut_down(sock)
 
-    def release(self, fd: int) -> None:
-        """Forget the connection on *fd* (about to be closed); unknown fds are ignored."""
+    def release(self, sock: Any) -> None:
+        """Forget the connection served through *sock* (about to be closed, or closed
+        already); unknown sockets are ignored."""
+        key = id(sock)
         with self._cond:
-            entry = self._open.pop(fd, None)
+            entry = self._open.pop(key, None)
             if entry is None:
                 return
             host = entry[1]
@@ -87,8 +97,8 @@ class ConnectionRegistry:
                 self._per_host[host] -= 1
                 if not self._per_host[host]:
                     del self._per_host[host]
-            if fd in self._cut:
-                self._cut.discard(fd)
+            if key in self._cut:
+                self._cut.discard(key)
             else:
                 self.finished_total += 1
             self._cond.notify_all()
@@ -118,7 +128,7 @@ class ConnectionRegistry:
         (counted as cut, not finished).
         """
         with self._cond:
-            fresh = {fd: sock for fd, (sock, _) in self._open.items() if fd not in self._cut}
+            fresh = {key: sock for key, (sock, _) in self._open.items() if key not in self._cut}
             self._cut.update(fresh)
             self.cut_total += len(fresh)
         for sock in fresh.values():

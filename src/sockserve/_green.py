@@ -59,10 +59,9 @@ class GreenMixIn(_ConcurrencyMixIn):
     def process_request(self, request: Any, client_address: Any) -> None:
         """Hand the connection to the hub, which serves it in a greenlet."""
         hub = self.hub
-        fd = request.fileno()
         green = hub.adopt(request)
         # At once, not when the hub gets to it: a drain must be able to cut it meanwhile.
-        self._sockserve_connections.replace(fd, green)
+        self._sockserve_connections.replace(request, green)
         try:
             hub.submit(green, lambda sock: self.process_request_greenlet(sock, client_address))
         except BaseException:

@@ -132,7 +132,7 @@ class TCPServer(BaseServer):
         self.close_request(request)
 
     def close_request(self, request: Any) -> None:
-        self._sockserve_connections.release(request.fileno())
+        self._sockserve_connections.release(request)
         request.close()
 
 

@@ -10,7 +10,7 @@ import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
 MODELS = [sockserve.TCPServer, sockserve.ThreadingTCPServer, sockserve.ForkingTCPServer,
           sockserve.ThreadPoolTCPServer, sockserve.PreForkTCPServer, sockserve.GreenTCPServer]
@@ -82,3 +82,28 @@ def test_udp_models_share_the_packet_limit() -> None:
                 client.settimeout(IO_TIMEOUT)
                 client.sendto(b"x" * 100, server.server_address)
                 assert client.recv(10) == b"10"
+
+
+class CloseItself(sockserve.StreamRequestHandler):
+    """Closes its own socket, as some handlers written for the stdlib do."""
+
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline())
+        self.wfile.flush()
+        self.request.close()
+
+
+@pytest.mark.parametrize("server_class", [sockserve.TCPServer, sockserve.ThreadingTCPServer,
+                                          sockserve.ThreadPoolTCPServer,
+                                          sockserve.GreenTCPServer])
+def test_a_handler_that_closes_its_socket_frees_its_connection_slot(
+        server_class: type) -> None:
+    server = type("Server", (server_class,), {"max_connections_per_ip": 1})(
+        ("127.0.0.1", 0), CloseItself)
+    with serve_in_thread(server):
+        for n in range(3):  # each one after the last has ended
+            with connect(server.server_address) as client:
+                client.sendall(b"%d\n" % n)
+                assert recv_all(client) == b"%d\n" % n
+            wait_for(lambda: server.statistics().connections == 0, what="the slot freed")
+    assert server.statistics().rejected == 0
