@@ -66,3 +66,18 @@ def listening_sockets(port: int, kind: str = "tcp") -> int:
                 if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
                     count += 1
     return count
+
+
+def unread_bytes(local: Any, remote: Any) -> int:
+    """How many bytes wait unread in the kernel on the TCP socket from *local* to
+    *remote* ((host, port) pairs; /proc/net's rx_queue) — what a server has not read."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with open(table) as rows:
+            next(rows)
+            for row in rows:
+                fields = row.split()
+                ports = (int(fields[1].rsplit(":", 1)[1], 16),
+                         int(fields[2].rsplit(":", 1)[1], 16))
+                if ports == (local[1], remote[1]):
+                    return int(fields[4].split(":")[1], 16)
+    raise LookupError(f"no TCP socket from {local} to {remote}")

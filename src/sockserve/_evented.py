@@ -13,6 +13,7 @@ import errno
 import logging
 import selectors
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -59,10 +60,16 @@ class MessageRequestHandler:
         self.closing = True
 
 
+# A non-blocking socket that cannot go on now: plain, or TLS (a partial record to read,
+# a full buffer to write to).
+WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+
+
 class _Connection:
     """One client on the loop: receive, frame, call the handler, send."""
 
-    __slots__ = ("server", "sock", "handler", "framer", "output", "events", "served")
+    __slots__ = ("server", "sock", "handler", "framer", "output", "events", "served",
+                 "held")
 
     def __init__(self, server: Any, sock: socket.socket, handler: MessageRequestHandler,
                  framer: Framer) -> None:
@@ -73,23 +80,31 @@ class _Connection:
         self.output = bytearray()
         self.events = selectors.EVENT_READ
         self.served = False  # a message has been handled
+        # Messages received but held back while the replies so far pile up unsent.
+        self.held: list[bytes] = []
 
     @property
     def between_messages(self) -> bool:
         """Its first message served, no part of the next one read, its replies sent."""
-        return self.served and not self.framer.pending and not self.output
+        return self.served and not self.framer.pending and not self.output and not self.held
 
     def sockserve_ready(self, events: int) -> None:
         try:
             if events & selectors.EVENT_WRITE:
                 self._flush()
-            if events & selectors.EVENT_READ and self.events & selectors.EVENT_READ:
+            if self.held:
+                self._serve(self.held)  # before reading more, in order
+            elif events & selectors.EVENT_READ and self.events & selectors.EVENT_READ:
                 self._receive()
-        except Exception:
+        except ConnectionError as exc:  # reset or gone: nothing more can be sent
+            logger.debug("%s: %s", self.handler.client_address, exc)
+            self.end()
+            return
+        except Exception:  # e.g. EBADF: the handler closed its socket
             self.server.handle_error(self.sock, self.handler.client_address)
             self.end()
             return
-        if self.handler.closing and not self.output:
+        if self.sock.fileno() < 0 or (self.handler.closing and not self.output):
             self.end()
         else:
             self._watch()
@@ -98,29 +113,57 @@ class _Connection:
         buffer = self.server._evented_buffer
         try:
             count = self.sock.recv_into(buffer)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         except ConnectionError:
             count = 0
         if not count:
             self.handler.closing = True  # the client is done: send what is left, end
             return
-        framer, handler = self.framer, self.handler
-        for message in framer.feed(memoryview(buffer)[:count]):
+        try:
+            messages = self.framer.feed(memoryview(buffer)[:count])
+        except Exception:  # a frame too long
+            self._fail()
+            return
+        self._serve(messages)
+
+    def _serve(self, messages: list[bytes]) -> None:
+        """Call the handler for each message in turn; once the replies so far pile up
+        unsent, hold the rest back until they are sent (bounded memory per client)."""
+        handler, framer = self.handler, self.framer
+        for n, message in enumerate(messages):
             if handler.closing:
                 break  # close() asked for no more
+            if len(self.output) >= OUTPUT_HIGH_WATER:
+                self.held = messages[n:]
+                return
             self.served = True
-            reply = handler.handle_message(message)
-            if reply:
+            try:
+                reply = handler.handle_message(message)
+            except Exception:
+                self._fail()
+                return
+            if reply is not None:
                 self._send(framer.frame(reply))
+        self.held = []
         if framer.pending and not handler.closing:
-            framer.feed(b"")  # raises now if what is left can no longer fit
+            try:
+                framer.feed(b"")  # raises now if what is left can no longer fit
+            except Exception:
+                self._fail()
+
+    def _fail(self) -> None:
+        """The handler or the framing failed: report it, send the replies to earlier
+        messages, then end (no more messages are served)."""
+        self.server.handle_error(self.sock, self.handler.client_address)
+        self.handler.closing = True
+        self.held = []
 
     def _send(self, data: bytes) -> None:
         if not self.output:
             try:
                 sent = self.sock.send(data)
-            except (BlockingIOError, InterruptedError):
+            except WOULD_BLOCK:
                 sent = 0
             data = data[sent:]
         self.output += data
@@ -128,14 +171,15 @@ class _Connection:
     def _flush(self) -> None:
         try:
             sent = self.sock.send(self.output)
-        except (BlockingIOError, InterruptedError):
+        except WOULD_BLOCK:
             return
         del self.output[:sent]
 
     def _watch(self) -> None:
         """Select for writing while output waits; stop reading while it piles up."""
         wanted = selectors.EVENT_WRITE if self.output else 0
-        if len(self.output) < OUTPUT_HIGH_WATER and not self.handler.closing:
+        if len(self.output) < OUTPUT_HIGH_WATER and not self.handler.closing \
+                and not self.held:
             wanted |= selectors.EVENT_READ
         if wanted != self.events:
             self.events = wanted
@@ -146,8 +190,11 @@ class _Connection:
     def end(self) -> None:
         """Unregister, let the handler finish, close through the server's hooks."""
         selector = self.server._sockserve_selector
-        if selector is not None and self.sock.fileno() in selector.get_map():
-            selector.unregister(self.sock)
+        if selector is not None:
+            try:
+                selector.unregister(self.sock)  # found even if its handler closed it
+            except KeyError:
+                pass  # not registered (yet, or any more)
         self.server._evented_connections.discard(self)
         try:
             self.handler.finish()
@@ -186,10 +233,13 @@ class EventedMixIn(_ConcurrencyMixIn):
         handler = handler_class(request, client_address, self)
         framer = make_framer(handler.framing, handler.max_message_size)
         connection = _Connection(self, request, handler, framer)
-        self._evented_connections.add(connection)
         if "_evented_buffer" not in self.__dict__:  # one receive buffer for all
             self._evented_buffer = bytearray(RECEIVE_SIZE)
-        handler.setup()
+        handler.setup()  # if it raises, the caller reports it and closes the request
+        self._evented_connections.add(connection)
+        if handler.closing:  # close() in setup(): nothing to serve
+            connection.end()
+            return
         selector = self._sockserve_selector
         if selector is not None:
             selector.register(request, selectors.EVENT_READ, connection)
@@ -200,9 +250,7 @@ class EventedMixIn(_ConcurrencyMixIn):
         with selectors.DefaultSelector() as selector:
             selector.register(connection.sock, selectors.EVENT_READ)
             while connection in self._evented_connections:
-                events = selectors.EVENT_READ | (selectors.EVENT_WRITE if connection.output
-                                                 else 0)
-                selector.modify(connection.sock, events)
+                selector.modify(connection.sock, connection.events or selectors.EVENT_READ)
                 for _, ready in selector.select():
                     connection.sockserve_ready(ready)
 

@@ -71,7 +71,11 @@ class LineFramer:
 
 
 class LengthPrefixFramer:
-    """Each message is preceded by its length, a 4-byte big-endian unsigned integer."""
+    """Each message is preceded by its length, a 4-byte big-endian unsigned integer.
+
+    Raises FrameTooLong for a length over *max_size*; the messages completed before it
+    are returned first (the next ``feed()``, even of b"", raises).
+    """
 
     _header = struct.Struct(">I")
 
@@ -82,12 +86,14 @@ class LengthPrefixFramer:
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
         buffer = self._buffer
         buffer += data
-        messages = []
+        messages: list[bytes] = []
         offset = 0
         size = self._header.size
         while len(buffer) - offset >= size:
             (length,) = self._header.unpack_from(buffer, offset)
             if length > self._max:
+                if messages:
+                    break  # kept: the next feed() raises
                 raise FrameTooLong(f"message of {length} bytes, more than {self._max}")
             if len(buffer) - offset - size < length:
                 break
@@ -106,13 +112,17 @@ class LengthPrefixFramer:
 
 
 class ChunkFramer:
-    """Every chunk received is a message (no framing): for echo-like protocols."""
+    """Every chunk received is a message (no framing): for echo-like protocols.  A
+    chunk longer than *max_size* is split into messages of at most that size."""
 
     def __init__(self, max_size: int = 64 * 1024) -> None:
-        del max_size  # a chunk is never longer than one read
+        self._max = max_size
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[bytes]:
-        return [bytes(data)] if data else []
+        size = self._max
+        if len(data) <= size:
+            return [bytes(data)] if data else []
+        return [bytes(data[at:at + size]) for at in range(0, len(data), size)]
 
     def frame(self, reply: bytes) -> bytes:
         return reply

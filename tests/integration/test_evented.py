@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import select
 import socket
 import ssl
@@ -13,7 +14,7 @@ import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, unread_bytes, wait_for
 
 
 class Upper(sockserve.MessageRequestHandler):
@@ -278,3 +279,156 @@ def test_a_tls_handshake_in_progress_at_the_stop_is_completed_and_served(
                 slow.sendall(b"late\n")
                 assert recv_all(slow) == b"LATE\n"
             assert recv_all(fast) == b""  # ended between messages
+
+
+class Big(sockserve.MessageRequestHandler):
+    """"big": a reply far larger than any socket buffer; "boom": an error."""
+
+    size = 16 * 1024 * 1024
+
+    def handle_message(self, message: bytes) -> bytes | None:
+        if message == b"boom\n":
+            raise RuntimeError("on purpose")
+        return b"b" * (self.size - 1) + b"\n" if message == b"big\n" else message.upper()
+
+
+def read_exactly(sock: socket.socket, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size and (chunk := sock.recv(1 << 20)):
+        data += chunk
+    return bytes(data)
+
+
+def test_a_reply_larger_than_the_socket_buffers_arrives_whole_over_tls(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    server = sockserve.EventedTCPServer(("127.0.0.1", 0), Big)
+    server.ssl_context = server_ctx
+    with serve_in_thread(server):
+        with client_ctx(ca).wrap_socket(connect(server.server_address),
+                                        server_hostname="127.0.0.1") as client:
+            client.sendall(b"big\nsmall\n")
+            assert read_exactly(client, Big.size + 6) == b"b" * (Big.size - 1) + b"\nSMALL\n"
+
+
+def test_a_tls_record_split_across_reads_is_waited_for(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
+    server.ssl_context = server_ctx
+    with serve_in_thread(server):
+        # A TLS client over memory buffers: the test decides how records are cut.
+        raw = connect(server.server_address)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_ctx(ca).wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        with raw:
+            def pump_until(step: Any) -> Any:
+                while True:
+                    try:
+                        return step()
+                    except ssl.SSLWantReadError:
+                        raw.sendall(outgoing.read())
+                        incoming.write(raw.recv(65536) or b"")
+
+            pump_until(tls.do_handshake)
+            raw.sendall(outgoing.read())
+            tls.write(b"split\n")
+            record = outgoing.read()
+            raw.sendall(record[:3])
+            # The server reads the first three bytes on their own before the rest come.
+            wait_for(lambda: unread_bytes(server.server_address, raw.getsockname()) == 0,
+                     what="the server to read the first part")
+            raw.sendall(record[3:])
+            assert pump_until(lambda: tls.read(100)) == b"SPLIT\n"
+
+
+def test_replies_a_client_does_not_read_stay_bounded_and_none_is_lost() -> None:
+    class Sized(sockserve.MessageRequestHandler):
+        def handle_message(self, message: bytes) -> bytes | None:
+            return message.strip() * 6000 + b"\n"  # 60 kB
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Sized)) as server:
+        with connect(server.server_address) as client:
+            requests = [b"%09d\n" % n for n in range(500)]  # 30 MB of replies
+            client.sendall(b"".join(requests))  # one read; the replies are not read yet
+            wait_for(lambda: any(c.held for c in server._evented_connections),
+                     what="messages held back")
+            connection = next(iter(server._evented_connections))
+            assert len(connection.output) < 256 * 1024 + 60_001  # the buffer's bound
+            assert len(connection.held) > 100  # not served while replies pile up
+            client.shutdown(socket.SHUT_WR)
+            replies = recv_all(client).splitlines(keepends=True)
+    assert replies == [request.strip() * 6000 + b"\n" for request in requests]
+
+
+def test_a_failing_message_ends_the_connection_after_the_earlier_replies() -> None:
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Big)) as server:
+        with socket.socket() as client:
+            # A small window: most of the reply waits in the server when "boom" comes.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.settimeout(IO_TIMEOUT)
+            client.connect(server.server_address)
+            client.sendall(b"big\nboom\nnever\n")
+            assert recv_all(client) == b"b" * (Big.size - 1) + b"\n"
+
+
+def test_a_handler_that_closes_its_socket_leaves_the_server_serving() -> None:
+    class Closer(Upper):
+        def handle_message(self, message: bytes) -> bytes | None:
+            if message == b"close\n":
+                self.request.close()
+                return None
+            return super().handle_message(message)
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Closer)) as server:
+        with connect(server.server_address) as closing:
+            closing.sendall(b"close\n")
+            assert recv_all(closing) == b""
+        with connect(server.server_address) as other:
+            other.sendall(b"still\n")
+            assert other.makefile("rb").readline() == b"STILL\n"
+        wait_for(lambda: server.statistics().connections == 1, what="the closed one released")
+
+
+def test_setup_failing_or_closing_ends_the_connection_and_keeps_nothing() -> None:
+    finished = []
+    accepted = iter(range(100))
+
+    class Picky(Upper):
+        def setup(self) -> None:
+            if next(accepted) % 2:
+                raise RuntimeError("on purpose")
+            self.close()
+
+        def finish(self) -> None:
+            finished.append(self.client_address)
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Picky)) as server:
+        for _ in range(4):
+            with connect(server.server_address) as client:
+                assert recv_all(client) == b""  # without sending anything first
+        wait_for(lambda: server.statistics().connections == 0, what="all released")
+        assert not server._evented_connections
+    assert len(finished) == 2  # the ones that closed in setup(), not those that failed
+
+
+def test_an_empty_reply_is_a_message_too() -> None:
+    class Empty(sockserve.MessageRequestHandler):
+        framing = "length"
+
+        def handle_message(self, message: bytes) -> bytes | None:
+            return b""
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Empty)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(struct.pack(">I", 2) + b"hi")
+            assert read_exactly(client, 4) == struct.pack(">I", 0)
+
+
+def test_a_client_that_resets_mid_reply_is_not_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), Big)) as server:
+        client = connect(server.server_address)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.sendall(b"big\n")
+        assert client.recv(10)  # the reply has begun
+        client.close()  # with unread data and linger 0: a reset
+        wait_for(lambda: server.statistics().connections == 0, what="the reset seen")
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]

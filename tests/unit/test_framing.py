@@ -80,3 +80,21 @@ def test_length_prefix_round_trips(payloads: list[bytes], step: int) -> None:
     for i in range(0, len(data), step):
         messages += reader.feed(data[i:i + step])
     assert messages == payloads
+
+
+@pytest.mark.parametrize("framer_class,data", [
+    (LineFramer, b"ok\n" + b"too long\n"),
+    (LengthPrefixFramer, struct.pack(">I", 2) + b"ok" + struct.pack(">I", 2**31)),
+])
+def test_messages_before_a_too_long_one_come_first(framer_class: type, data: bytes) -> None:
+    framer = framer_class(max_size=4)
+    assert framer.feed(data) == [b"ok\n" if framer_class is LineFramer else b"ok"]
+    with pytest.raises(FrameTooLong):
+        framer.feed(b"")  # then the next feed raises
+
+
+@given(st.binary(max_size=100), st.integers(min_value=1, max_value=20))
+def test_chunks_are_never_longer_than_the_limit(data: bytes, limit: int) -> None:
+    messages = ChunkFramer(max_size=limit).feed(data)
+    assert b"".join(messages) == data
+    assert all(0 < len(message) <= limit for message in messages)
