@@ -335,6 +335,11 @@ class BaseServer:
             self.__shutdown_request = True
         return messages
 
+    def is_serving(self) -> bool:
+        """True while ``serve_forever()`` runs and has not been asked to stop (as
+        asyncio's ``Server.is_serving()``; the runner tells a restarting predecessor)."""
+        return self.__loop_owner is not None and not self.__shutdown_request
+
     def _sockserve_on_loop_thread(self) -> bool:
         """Whether this is the thread (and process) running ``serve_forever()``."""
         return self.__loop_owner == (os.getpid(), threading.get_ident())

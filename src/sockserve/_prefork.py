@@ -36,9 +36,10 @@ INET_FAMILIES = (socket.AF_INET, socket.AF_INET6)  # the ones with SO_REUSEPORT
 # what is left and exit, before they are killed.
 DRAIN_EXIT_MARGIN = 5.0
 
-# A worker that took its last request (max_requests) writes "R<pid>;" into the
-# supervisor's waker; these bytes never read as its one-byte messages (_wakeup.py).
-RETIRING = re.compile(rb"R(\d+);")
+# What workers tell the supervisor, through its waker: "S<pid>;" once serving,
+# "R<pid>;" when retiring (max_requests).  These bytes never read as the waker's
+# one-byte messages (_wakeup.py).
+WORKER_MESSAGE = re.compile(rb"([RS])(\d+);")
 
 # Every server PreForkMixIn goes with is a TCPServer (UDP and Unix ones subclass it).
 if TYPE_CHECKING:
@@ -161,6 +162,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             # writes the signal number into the waker (signal.set_wakeup_fd).
             previous = signal.set_wakeup_fd(waker.write_fileno(), warn_on_full_buffer=False)
             unblock_stop_signals()
+            if self._supervisor_waker is not None:
+                self._supervisor_waker.wake(b"S%d;" % os.getpid())
             try:
                 super()._sockserve_serve_loop(selector, waker, poll_interval)
             finally:
@@ -224,6 +227,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         """The body of a worker process; always ends in os._exit()."""
         status = 1
         try:
+            signal.set_wakeup_fd(-1)  # the parent's (the runner's) is not this process's
             self._sockserve_forked()
             if cpu is not None:  # before any thread starts: they all inherit it
                 os.sched_setaffinity(0, {cpu})
@@ -296,9 +300,19 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             if bytes([signal.SIGTERM]) in messages:
                 self._stop_worker()
         elif self._supervisor is not None:
-            for pid in RETIRING.findall(messages):
-                self._supervisor.retire(int(pid))
+            for kind, pid in WORKER_MESSAGE.findall(messages):
+                if kind == b"S":
+                    self._supervisor.mark_serving(int(pid))
+                else:
+                    self._supervisor.retire(int(pid))
         return messages
+
+    def is_serving(self) -> bool:
+        """In the supervisor: serving, with at least one worker that serves."""
+        if self.in_worker:
+            return super().is_serving()
+        return super().is_serving() and self._supervisor is not None \
+            and self._supervisor.serving() > 0
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if self._requests_left:

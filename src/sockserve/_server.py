@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Collection
 from typing import Any
 
 from ._base import BaseServer
@@ -80,15 +81,17 @@ class TCPServer(BaseServer):
         return cls.from_sockets([sock], RequestHandlerClass)
 
     @classmethod
-    def from_sockets(cls, socks: list[socket.socket], RequestHandlerClass: Any) -> Any:
+    def from_sockets(cls, socks: list[socket.socket], RequestHandlerClass: Any, *,
+                     own_files: bool | Collection[socket.socket] = True) -> Any:
         """One server on sockets bound elsewhere: ``address.bind_sockets()`` (several
-        addresses), an inherited descriptor (``fd://N``, a restart).
+        addresses), an inherited descriptor (``fd://N``, a restart, systemd).
 
         Each socket must already be bound (and listening, for streams), all of this
         server's type.  The first becomes ``self.socket`` (and ``server_address``), the
         others ``extra_sockets``; the server owns them all, and the Unix socket files
-        among them (removed on close).  ``server_bind()``/``server_activate()`` are not
-        called.
+        among them (removed on close) unless *own_files* is False, or the collection of
+        those sockets whose files it owns (not a file systemd or a parent process
+        made).  ``server_bind()``/``server_activate()`` are not called.
 
         Raises:
             ValueError: no socket, or one of another type than ``socket_type``.
@@ -100,9 +103,11 @@ class TCPServer(BaseServer):
         server.socket.close()
         server.socket, server.extra_sockets = socks[0], list(socks[1:])
         server.address_family = socks[0].family
+        owned = socks if own_files is True else own_files or ()
         for sock in socks:
             name = sock.getsockname()
-            if sock.family == getattr(socket, "AF_UNIX", None) and is_filesystem_path(name):
+            if sock.family == getattr(socket, "AF_UNIX", None) and is_filesystem_path(name) \
+                    and any(sock is mine for mine in owned):
                 server._socket_files.append(OwnedSocketFile.after_bind(name))
         return server
 

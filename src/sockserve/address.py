@@ -341,6 +341,9 @@ def _adopt_fd(fd: int, backlog: int) -> socket.socket:
         # socket(fileno=) reports the default timeout but keeps the descriptor's
         # O_NONBLOCK flag (CPython's init_sockobject); make the two agree.
         sock.settimeout(socket.getdefaulttimeout())
+        # As for the sockets Python makes: processes a handler starts must not keep
+        # the listening socket open.
+        sock.set_inheritable(False)
         if sock.type == socket.SOCK_STREAM and not _is_listening(sock):
             sock.listen(backlog)
     except BaseException:

@@ -17,11 +17,18 @@ from .address import Address, bind_sockets, display_client_address, parse_addres
 from .defaults import production
 from .echo import UpperEchoDatagramHandler, UpperEchoHandler, send
 from .errors import SockServeError
-from .runner import inherited_listen_fds, run
+from ._listen import OwnedSocketFile, is_filesystem_path
+from .runner import inherited_listen_sockets, run
 
 logger = logging.getLogger("sockserve.cli")
 
-MODELS = ("serial", "threads", "pool", "prefork", "green")
+MODELS = ("serial", "threads", "pool", "prefork", "green", "evented", "async")
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -63,15 +70,16 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
                        help="permissions of Unix socket files, e.g. 660")
     group.add_argument("--unix-owner", type=_owner, metavar="USER[:GROUP]",
                        help="owner of Unix socket files")
-    group.add_argument("--model", choices=MODELS, default="pool",
-                       help="concurrency model (default: pool)")
-    group.add_argument("--workers", type=int, default=2, help="processes for prefork")
+    group.add_argument("--model", choices=MODELS,
+                       help="concurrency model (default: pool; evented for a "
+                            "MessageRequestHandler, async for an async handler)")
+    group.add_argument("--workers", type=_positive, default=2, help="processes for prefork")
     group.add_argument("--reuse-port", action="store_true",
                        help="prefork: each worker also listens on a SO_REUSEPORT socket of "
                             "its own (the kernel balances connections)")
     group.add_argument("--cpu-affinity", action="store_true",
                        help="prefork: pin each worker to one CPU, spread over the CPUs")
-    group.add_argument("--threads", type=int, default=16, help="threads for pool")
+    group.add_argument("--threads", type=_positive, default=16, help="threads for pool")
     limits = parser.add_argument_group("limits (defaults: sockserve.defaults)")
     for name, kind in (("max-connections", int), ("idle-timeout", float),
                        ("read-timeout", float), ("write-timeout", float),
@@ -115,49 +123,100 @@ def load_handler(spec: str) -> type:
     module_name, sep, attr = spec.partition(":")
     if not sep:
         raise SockServeError(f"expected MODULE:HANDLER, got {spec!r}")
-    handler = getattr(importlib.import_module(module_name), attr, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise SockServeError(f"cannot import {module_name!r}: {exc}") from exc
+    handler = getattr(module, attr, None)
     if not isinstance(handler, type):
         raise SockServeError(f"{spec!r} is not a class")
     return handler
 
 
-def server_class_for(sock: socket.socket, model: str) -> type:
+def handler_kind(handler: type) -> str:
+    """"framed" (a MessageRequestHandler), "async" (sockserve.aio) or "blocking"."""
+    from ._aio_handlers import AsyncBaseRequestHandler
+    from ._evented import MessageRequestHandler
+    if issubclass(handler, MessageRequestHandler):
+        return "framed"
+    if issubclass(handler, AsyncBaseRequestHandler):
+        return "async"
+    return "blocking"
+
+
+# Which models serve which kind of handler.
+MODELS_FOR = {"framed": ("evented", "prefork"), "async": ("async",),
+              "blocking": ("serial", "threads", "pool", "prefork", "green")}
+
+
+def choose_model(handler: type, model: str | None) -> str:
+    """*model*, or the default for *handler*'s kind; refuses a model that cannot serve it."""
+    kind = handler_kind(handler)
+    allowed = MODELS_FOR[kind]
+    if model is None:
+        return allowed[0] if kind != "blocking" else "pool"
+    if model not in allowed:
+        raise SockServeError(f"--model {model} cannot serve {handler.__name__} (a {kind} "
+                             f"handler); use --model {' or '.join(allowed)}")
+    return model
+
+
+def server_class_for(sock: socket.socket, model: str, framed: bool = False) -> type:
     """The ready-made server class for *sock*'s family and type under *model*."""
     import sockserve
     stream = sock.type == socket.SOCK_STREAM
     unix = sock.family == getattr(socket, "AF_UNIX", None)
     kind = ("UnixStream" if stream else "UnixDatagram") if unix else ("TCP" if stream else "UDP")
-    if model == "green" and not stream:
-        raise SockServeError("--model green serves stream sockets (TCP, Unix); "
+    if model in ("green", "evented") and not stream or framed and not stream:
+        raise SockServeError(f"--model {model} serves stream sockets (TCP, Unix); "
                              "use pool or prefork for datagrams")
+    if model == "async":
+        from . import aio
+        return getattr(aio, f"Async{kind}Server")  # type: ignore[no-any-return]
     prefix = {"serial": "", "threads": "Threading", "pool": "ThreadPool",
-              "prefork": "PreFork", "green": "Green"}[model]
+              "prefork": "PreFork", "green": "Green", "evented": "Evented"}[model]
+    if model == "prefork":  # each worker gets a pool, or serves framed handlers evented
+        inner = sockserve.EventedMixIn if framed else sockserve.ThreadPoolMixIn
+        return type(f"PreFork{kind}Server", (sockserve.PreForkMixIn, inner,
+                                              getattr(sockserve, f"{kind}Server")), {})
     cls: type = getattr(sockserve, f"{prefix}{kind}Server")
-    if model == "prefork":  # each worker gets a pool
-        cls = type(cls.__name__, (sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn,
-                                  getattr(sockserve, f"{kind}Server")), {})
     return cls
 
 
 def build_server(args: argparse.Namespace, handler: type, addresses: list[Address]) -> Any:
     """Bind (or take the inherited sockets) and configure a server from the options.
 
-    Resource handling: on failure, every socket bound so far is closed.
+    Resource handling: on failure, every socket bound so far is closed (and the Unix
+    socket files made here removed).
     """
-    socks = [socket.socket(fileno=fd) for fd in inherited_listen_fds()]
+    if (args.tls_key or args.tls_client_ca) and not args.tls_cert:
+        raise SockServeError("--tls-key and --tls-client-ca need --tls-cert")
+    args.model = choose_model(handler, args.model)
+    inherited = inherited_listen_sockets()
+    socks = [socket.socket(fileno=fd) for fd in inherited.fds]
+    # Unix socket files are the server's to remove if this process made them, or took
+    # them over from a restarting predecessor; not systemd's, nor a parent's (fd://N).
+    owned: list[socket.socket] = list(socks) if inherited.from_restart else []
     try:
         if not socks:
             for address in addresses:
-                socks += bind_sockets(address, unix_mode=args.unix_mode,
-                                      unix_owner=args.unix_owner,
-                                      reuse_port=args.reuse_port)
+                bound = bind_sockets(address, unix_mode=args.unix_mode,
+                                     unix_owner=args.unix_owner, reuse_port=args.reuse_port)
+                socks += bound
+                if address.fd is None:
+                    owned += bound
         kinds = {(sock.family == getattr(socket, "AF_UNIX", None), sock.type) for sock in socks}
         if len(kinds) > 1:
             raise SockServeError("one server serves one kind of socket: do not mix TCP, "
                                  "UDP and Unix addresses")
-        model_class = server_class_for(socks[0], args.model)
+        if args.tls_cert and socks[0].type != socket.SOCK_STREAM:
+            raise SockServeError("TLS needs stream sockets (there is no DTLS)")
+        model_class = server_class_for(socks[0], args.model,
+                                       framed=handler_kind(handler) == "framed")
     except BaseException:
         for sock in socks:
+            if any(sock is mine for mine in owned) and not inherited.from_restart:
+                _remove_socket_file(sock)
             sock.close()
         raise
     settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
@@ -169,15 +228,25 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
         if getattr(args, name) is not None:
             settings[name] = getattr(args, name)
     server_class: Any = production(model_class, **settings)
-    server = server_class.from_sockets(socks, handler)
+    server = server_class.from_sockets(socks, handler, own_files=owned)
     if args.allow or args.deny:
         server.access_list = AccessList.from_strings(args.allow, args.deny)
     if args.tls_cert:
-        from .tls import server_context
-        server.ssl_context = server_context(
-            args.tls_cert, args.tls_key, client_cafile=args.tls_client_ca,
-            verify_client="required" if args.tls_client_ca else "none")
+        server.ssl_context = _tls_context(args)
     return server
+
+
+def _tls_context(args: argparse.Namespace) -> Any:
+    from .tls import server_context
+    return server_context(args.tls_cert, args.tls_key, client_cafile=args.tls_client_ca,
+                          verify_client="required" if args.tls_client_ca else "none")
+
+
+def _remove_socket_file(sock: socket.socket) -> None:
+    """Remove the file of a Unix socket this process has just bound (not yet serving)."""
+    name = sock.getsockname() if sock.family == getattr(socket, "AF_UNIX", None) else None
+    if name and is_filesystem_path(name):
+        OwnedSocketFile.after_bind(name).remove()
 
 
 def serve(args: argparse.Namespace, handler: type, default_address: Address) -> int:
@@ -191,8 +260,9 @@ def serve(args: argparse.Namespace, handler: type, default_address: Address) -> 
     print(f"sockserve: serving {kind} on {where} ({args.model}) — Ctrl-C stops", flush=True)
 
     def reload_certificates() -> None:
-        if args.tls_cert and server.ssl_context is not None:
-            server.ssl_context.load_cert_chain(args.tls_cert, args.tls_key)
+        # A new context, swapped in only once it loads: a bad file keeps the old one.
+        if args.tls_cert:
+            server.ssl_context = _tls_context(args)
 
     report = run(server, drain_timeout=server.drain_timeout, reload=reload_certificates)
     if report is not None:

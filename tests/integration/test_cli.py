@@ -129,3 +129,49 @@ def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> No
     assert main(["echo", "--udp", "--host", "127.0.0.1", "--port", "0",
                  "--model", "green"]) != 0
     assert "--model green serves stream sockets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["serve", "tests.integration.apps:Upper", "--model", "pool"],
+     "--model pool cannot serve Upper (a framed handler); use --model evented or prefork"),
+    (["serve", "tests.integration.apps:AsyncUpper", "--model", "threads"],
+     "use --model async"),
+    (["serve", "tests.integration.apps:Pid", "--model", "evented"],
+     "--model evented cannot serve Pid"),
+    (["serve", "no_such_module:Handler"], "cannot import 'no_such_module'"),
+    (["echo", "--port", "0", "--tls-key", "key.pem"], "--tls-key and --tls-client-ca need --tls-cert"),
+])
+def test_what_cannot_be_served_is_a_clear_error(args: list[str], message: str,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_tls_over_datagrams_is_refused_before_serving(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import trustme
+    issued = trustme.CA().issue_cert("127.0.0.1")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    assert main(["echo", "--udp", "--port", "0", "--host", "127.0.0.1",
+                 "--tls-cert", str(cert), "--tls-key", str(key)]) == 1
+    assert "TLS needs stream sockets" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--threads", "--workers"])
+def test_counts_must_be_at_least_one(option: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["echo", "--port", "0", option, "0"])
+    assert exit_.value.code == 2
+    assert "at least 1" in capsys.readouterr().err
+
+
+def test_a_refused_address_mix_leaves_no_socket_file(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import os
+    path = tmp_path / "s"
+    assert main(["serve", "tests.integration.apps:Pid", "--bind", f"unix:{path}",
+                 "--bind", "127.0.0.1:0"]) == 1
+    assert "do not mix" in capsys.readouterr().err
+    assert not os.path.exists(path)

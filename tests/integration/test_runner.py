@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, listening_sockets, recv_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -22,10 +22,11 @@ ROOT = Path(__file__).resolve().parents[2]
 class Service:
     """``python -m sockserve serve ...`` with its output collected line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sockserve", "serve", *args, "--bind", "127.0.0.1:0"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
         self.changed = threading.Condition()
         threading.Thread(target=self._collect, daemon=True).start()
@@ -73,8 +74,8 @@ class Service:
 def service() -> Iterator[Any]:
     started: list[Service] = []
 
-    def start(*args: str) -> Service:
-        started.append(Service(*args))
+    def start(*args: str, env: dict[str, str] | None = None) -> Service:
+        started.append(Service(*args, env=env))
         return started[-1]
 
     yield start
@@ -227,3 +228,219 @@ def test_systemd_socket_activation() -> None:
         proc.kill()
         proc.wait(IO_TIMEOUT)
         proc.stdout.close()
+
+
+def in_flight(address: Any) -> Any:
+    """A TwoLines request begun: the server holds it until "two" is sent."""
+    client = connect(address)
+    client.sendall(b"one\n")
+    assert client.makefile("rb").readline() == b"started\n"
+    return client
+
+
+def test_sigusr2_while_draining_is_ignored(service: Any) -> None:
+    svc = service("tests.integration.apps:TwoLines", "--drain-timeout", "60")
+    with in_flight(svc.address) as client:
+        svc.signal(signal.SIGTERM)
+        svc.wait_line(r"SIGTERM: draining")
+        svc.signal(signal.SIGUSR2)  # no new copy, and not a second stop
+        svc.wait_line(r"SIGUSR2 while stopping: ignored")
+        client.sendall(b"two\n")
+        assert recv_all(client) == b"TWO\n"
+    assert svc.proc.wait(IO_TIMEOUT) == 0
+    svc.wait_line(r"stopped \(1 connections finished, 0 cut\)")
+
+
+def test_a_stop_during_a_restart_stops_the_new_copy_and_drains(
+        service: Any, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    os.mkfifo(hold)  # the new copy waits at start-up until it is opened for writing
+    svc = service("tests.integration.apps:TwoLines", "--drain-timeout", "60",
+                  env={"SOCKSERVE_TEST_HOLD_RESTART": str(hold)})
+    with in_flight(svc.address) as client:
+        svc.signal(signal.SIGUSR2)
+        svc.wait_line(r"SIGUSR2: starting")
+        svc.signal(signal.SIGTERM)  # e.g. a stop during a deploy
+        copy = int(svc.wait_line(r"SIGTERM during the restart: stopped the new process "
+                                 r"(\d+)").group(1))
+        assert not process_running(copy)
+        svc.wait_line(r"SIGTERM: draining")
+        client.sendall(b"two\n")
+        assert recv_all(client) == b"TWO\n"  # drained, not cut
+    assert svc.proc.wait(IO_TIMEOUT) == 0
+    svc.wait_line(r"stopped \(1 connections finished, 0 cut\)")
+
+
+def test_a_copy_that_cannot_serve_leaves_the_old_process_serving(service: Any) -> None:
+    svc = service("tests.integration.apps:Pid", env={"SOCKSERVE_TEST_BROKEN_RESTART": "1"})
+    old = ask_pid(svc.address)
+    svc.signal(signal.SIGUSR2)
+    svc.wait_line(r"restarted process \d+ ended before serving.*still serving")
+    assert ask_pid(svc.address) == old
+    assert svc.stop() == 0
+
+
+def test_a_copy_whose_predecessor_died_serves_on(service: Any, tmp_path: Path) -> None:
+    hold = tmp_path / "hold"
+    os.mkfifo(hold)
+    svc = service("tests.integration.apps:Pid", env={"SOCKSERVE_TEST_HOLD_RESTART": str(hold)})
+    old = ask_pid(svc.address)
+    svc.signal(signal.SIGUSR2)
+    svc.wait_line(r"SIGUSR2: starting")
+    wait_for(lambda: children(svc.proc.pid), what="the copy to start")
+    svc.proc.kill()  # the old process dies before the copy reports that it serves
+    svc.proc.wait(IO_TIMEOUT)
+    release = []
+    wait_for(lambda: release.append(open_for_writing(hold)) or release[-1] is not None,
+             what="the copy to wait on the FIFO")
+    os.close(release[-1])  # lets the copy go on
+    new = ask_pid(svc.address)  # served by the copy, which kept the socket
+    try:
+        assert new != old
+    finally:
+        os.kill(new, signal.SIGTERM)  # not our child
+        wait_for(lambda: not process_running(new), timeout=IO_TIMEOUT * 2,
+                 what="the copy to stop")
+
+
+def children(pid: int) -> list[int]:
+    with open(f"/proc/{pid}/task/{pid}/children") as f:
+        return [int(child) for child in f.read().split()]
+
+
+def open_for_writing(fifo: Path) -> int | None:
+    """A descriptor writing to *fifo*, or None while nobody has it open for reading."""
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader yet
+        return None
+
+
+def test_processes_a_handler_starts_can_be_stopped_with_sigterm(service: Any) -> None:
+    svc = service("tests.integration.apps:ChildSignals")
+    with connect(svc.address) as client:
+        client.sendall(b"go\n")
+        assert client.makefile("rb").readline() == b"%d\n" % -signal.SIGTERM
+    assert svc.stop() == 0
+
+
+def test_a_stop_signal_while_closing_stops_at_once(service: Any) -> None:
+    svc = service("tests.integration.apps:Stoppable", "--model", "threads",
+                  "--drain-timeout", "60")
+    with connect(svc.address) as idle, connect(svc.address) as stopper:
+        idle.sendall(b"here\n")
+        assert idle.recv(100) == b"here\n"
+        stopper.sendall(b"stop\n")  # the server stops by itself; closing then waits
+        assert stopper.recv(100) == b"stop\n"  # up to 60 s for the idle connection
+        svc.wait_line(r"the server stopped serving; closing it")
+        svc.signal(signal.SIGTERM)
+        svc.wait_line(r"SIGTERM while closing: stopping now")
+        assert svc.proc.wait(IO_TIMEOUT) == 0
+        assert recv_all(idle) == b""
+
+
+def test_a_reload_that_fails_keeps_serving(service: Any, tmp_path: Path,
+                                           ca: Any) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    issued = ca.issue_cert("127.0.0.1")
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    svc = service("tests.integration.apps:Pid", "--tls-cert", str(cert),
+                  "--tls-key", str(key))
+    context = client_ctx(ca)
+
+    def ask_over_tls() -> int:
+        with context.wrap_socket(connect(svc.address), server_hostname="127.0.0.1") as tls:
+            tls.sendall(b"pid\n")
+            return int(tls.makefile("rb").readline())
+
+    assert ask_over_tls() == svc.proc.pid
+    cert.write_text("not a certificate\n")
+    svc.signal(signal.SIGHUP)
+    svc.wait_line(r"failed; still serving as before")
+    assert ask_over_tls() == svc.proc.pid  # with the certificate loaded before
+    assert svc.stop() == 0
+
+
+def test_a_serving_failure_is_an_error_exit(tmp_path: Path) -> None:
+    script = tmp_path / "broken.py"
+    script.write_text(
+        "import sockserve, sockserve.runner\n"
+        "class Broken(sockserve.TCPServer):\n"
+        "    def serve_forever(self, poll_interval=0.5):\n"
+        "        raise RuntimeError('cannot serve')\n"
+        "sockserve.runner.run(Broken(('127.0.0.1', 0), sockserve.StreamRequestHandler))\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=IO_TIMEOUT * 2)
+    assert done.returncode == 1 and "RuntimeError: cannot serve" in done.stderr
+
+
+def systemd_activated(sock: Any, *args: str, fds: int = 1) -> subprocess.Popen[str]:
+    """``sockserve serve`` given *sock* as descriptor 3, as systemd does (LISTEN_FDS)."""
+    def as_systemd_does() -> None:  # in the child, before exec
+        os.dup2(sock.fileno(), 3)
+        os.environ["LISTEN_PID"] = str(os.getpid())
+        os.environ["LISTEN_FDS"] = str(fds)
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "serve", *args], cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=as_systemd_does, close_fds=False)
+
+
+@pytest.mark.parametrize("how", ["systemd", "fd://3"])
+def test_a_socket_file_made_by_someone_else_stays(how: str, tmp_path: Path) -> None:
+    import socket
+    path = str(tmp_path / "activated.sock")
+    with socket.socket(socket.AF_UNIX) as listener:
+        listener.bind(path)
+        listener.listen()
+        args = ["tests.integration.apps:Inheritable"]
+        if how == "fd://3":
+            args += ["--bind", "fd://3"]
+        proc = systemd_activated(listener, *args, fds=1 if how == "systemd" else 0)
+        assert proc.stdout is not None
+        try:
+            assert path in proc.stdout.readline()
+            with socket.socket(socket.AF_UNIX) as client:
+                client.settimeout(IO_TIMEOUT)
+                client.connect(path)
+                client.sendall(b"inheritable?\n")
+                assert client.makefile("rb").readline() == b"False\n"
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(IO_TIMEOUT) == 0
+        finally:
+            proc.kill()
+            proc.wait(IO_TIMEOUT)
+            proc.stdout.close()
+        assert os.path.exists(path)  # systemd's (or the parent's) file, not sockserve's
+
+
+def test_listen_fds_naming_a_missing_descriptor_is_a_clear_error() -> None:
+    import socket
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        proc = systemd_activated(listener, "tests.integration.apps:Pid", fds=2)
+        assert proc.stdout is not None
+        with proc.stdout:
+            output = proc.stdout.read()
+        assert proc.wait(IO_TIMEOUT) == 1
+    assert "LISTEN_FDS names descriptor 4" in output
+
+
+@pytest.mark.parametrize("handler,model", [("Upper", "evented"), ("AsyncUpper", "async")])
+def test_the_model_follows_the_kind_of_handler(service: Any, handler: str, model: str) -> None:
+    svc = service(f"tests.integration.apps:{handler}")
+    svc.wait_line(rf"\({model}\)")
+    with connect(svc.address) as client:
+        client.sendall(b"hi\n")
+        assert client.makefile("rb").readline() == b"%d HI\n" % svc.proc.pid
+    assert svc.stop() == 0
+
+
+def test_framed_handlers_in_prefork_workers(service: Any) -> None:
+    svc = service("tests.integration.apps:Upper", "--model", "prefork", "--workers", "1")
+    with connect(svc.address) as client:
+        client.sendall(b"hi\n")
+        pid, reply = client.makefile("rb").readline().split()
+    assert reply == b"HI" and int(pid) != svc.proc.pid
+    assert svc.stop() == 0

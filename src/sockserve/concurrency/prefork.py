@@ -85,6 +85,7 @@ class _Worker:
     pidfd: int | None
     place: Any = None  # what place() chose for it (e.g. a CPU)
     stopping: bool = False  # asked to stop by shrink(); no longer counts toward target
+    serving: bool = False  # it said so (mark_serving())
 
 
 class Supervisor:
@@ -234,6 +235,16 @@ class Supervisor:
         for worker in serving[:max(0, len(serving) - self.target)]:
             worker.stopping = True
             self._signal(worker.pid, signal.SIGTERM)
+
+    def mark_serving(self, pid: int) -> None:
+        """Worker *pid* has begun to serve."""
+        worker = self._workers.get(pid)
+        if worker is not None:
+            worker.serving = True
+
+    def serving(self) -> int:
+        """How many workers serve now (started serving, not asked to stop)."""
+        return sum(w.serving and not w.stopping for w in self._workers.values())
 
     def retire(self, pid: int) -> None:
         """Worker *pid* is stopping by itself (it served max_requests) and finishes what
