@@ -133,7 +133,6 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _draining_workers = False  # the supervisor's drain() is in progress...
     _drain_for: float | None = None  # ...with this timeout
     _drain_thread: threading.Thread | None = None  # a stopping worker's
-    _sockserve_receive_flags = 0  # a datagram server's (UDPServer)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -170,18 +169,9 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                 signal.set_wakeup_fd(previous)
             return
         self._poll_interval = poll_interval
-        # Every worker is woken for each new connection and only one wins accept();
-        # with a blocking socket the others would sit in accept() where neither the
-        # stop flag nor SIGTERM can reach them (PEP 475 retries the call). Non-blocking,
-        # the losers get EAGAIN and go back to select(). The flag belongs to the open
-        # file, so setting it here covers every worker; accepted sockets stay blocking.
-        # A datagram socket stays blocking, as the replies leave through it: each
-        # receive is non-blocking instead.
-        if self.socket_type == socket.SOCK_DGRAM:
-            self._sockserve_receive_flags = socket.MSG_DONTWAIT
-        else:
-            for listener in (self.socket, *self.extra_sockets):
-                listener.setblocking(False)
+        # A worker that lost accept() to another must not sit in it, where neither the
+        # stop flag nor SIGTERM can reach it (PEP 475 retries the call).
+        self._sockserve_share_listeners()
         if self._drain_channel is not None:  # from an earlier serve_forever()
             self._drain_channel.close()
         self._drain_channel = DrainChannel()

@@ -111,6 +111,19 @@ class TCPServer(BaseServer):
                 server._socket_files.append(OwnedSocketFile.after_bind(name))
         return server
 
+    def _sockserve_share_listeners(self) -> None:
+        """Other processes accept on these sockets too (pre-forked workers, a restart's
+        new copy): each is woken for every connection and only one wins, so never wait
+        in accept() for what another took.  Stream listeners become non-blocking (the
+        flag belongs to the open file, so it covers every process; accepted sockets
+        stay blocking).  A datagram socket stays blocking for the replies that leave
+        through it, and receives with MSG_DONTWAIT instead."""
+        if self.socket_type == socket.SOCK_DGRAM:
+            self._sockserve_receive_flags = int(socket.MSG_DONTWAIT)
+        else:
+            for listener in (self.socket, *self.extra_sockets):
+                listener.setblocking(False)
+
     @property
     def server_addresses(self) -> list[Any]:
         """Every address served: ``server_address`` first."""

@@ -243,6 +243,9 @@ def _restart(server: Any, argv: Sequence[str] | None, signals: Signals) -> int |
     env = dict(os.environ, **{ENV_LISTEN_FD: ",".join(map(str, listen_fds)),
                               ENV_READY_FD: str(ready_write)})
     logger.info("SIGUSR2: starting %s", " ".join(command))
+    share = getattr(server, "_sockserve_share_listeners", None)
+    if share is not None:
+        share()  # both processes accept on the sockets until this one drains
     try:
         child = subprocess.Popen(command, env=env, pass_fds=(*listen_fds, ready_write))
     except OSError as exc:

@@ -180,10 +180,22 @@ def test_zero_downtime_restart_refuses_no_connection(service: Any) -> None:
     try:
         assert failures == []
         assert old_pid in pids and new_pid != old_pid
+        # While both accepted, the one that lost a race must not have waited in accept().
+        assert listening_fd_nonblocking(new_pid)
     finally:
         os.kill(new_pid, signal.SIGTERM)  # not our child: the old process started it
         wait_for(lambda: not process_running(new_pid), timeout=IO_TIMEOUT * 2,
                  what="the new process to stop")
+
+
+def listening_fd_nonblocking(pid: int) -> bool:
+    """Whether *pid*'s TCP listening socket is in non-blocking mode (/proc fdinfo)."""
+    with open(f"/proc/{pid}/environ", "rb") as f:  # as the process started
+        environ = dict(v.split(b"=", 1) for v in f.read().split(b"\0") if b"=" in v)
+    fd = int(environ[b"SOCKSERVE_LISTEN_FD"].split(b",")[0])
+    with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+        flags = next(line for line in f if line.startswith("flags"))
+    return bool(int(flags.split()[1], 8) & os.O_NONBLOCK)
 
 
 def process_running(pid: int) -> bool:
