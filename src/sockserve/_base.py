@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import select
 import selectors
@@ -80,6 +81,8 @@ class BaseServer:
     # The running loop's selector, for mix-ins that register their own objects: any
     # registered data with a sockserve_ready(events) method is called when ready.
     _sockserve_selector: selectors.BaseSelector | None = None
+    # While a drain runs: when it cuts what is left (time.monotonic(); inf: never).
+    _sockserve_drain_until: float | None = None
     # When the loop stops, how long TLS handshakes in progress may still complete (and
     # be served); a live client's needs a round trip or two, a silent one is dropped.
     # 0 here: a serial server would serve them on the loop's thread, holding up the
@@ -274,10 +277,19 @@ class BaseServer:
         counts_before = self._sockserve_connections.counts()
         logger.info("draining %s: %d connections open, deadline %s s", self.server_address,
                     len(self._sockserve_connections), timeout)
-        self.draining.set()
+        self._sockserve_begin_drain(timeout)
         self.__accept_backlog_on_stop = backlog
         self.shutdown()
         return self._sockserve_finish_connections(timeout, counts_before)
+
+    def _sockserve_begin_drain(self, timeout: float | None) -> None:
+        """Set ``draining`` and the drain's deadline (unless a drain already set one),
+        before the loop stops: a mix-in that still serves connections after the loop
+        (_evented.py) cuts them then."""
+        self.draining.set()
+        if self._sockserve_drain_until is None:
+            self._sockserve_drain_until = (math.inf if timeout is None
+                                           else time.monotonic() + timeout)
 
     def stop_now(self) -> None:
         """Cut every open connection now (a second stop signal during a drain)."""
@@ -297,10 +309,13 @@ class BaseServer:
 
         Counts from *counts_before* (a ``counts()`` reading) on.
         """
-        self.draining.set()
+        self._sockserve_begin_drain(timeout)
         connections = self._sockserve_connections
         finished_before, cut_before = counts_before or connections.counts()
-        if not connections.wait_empty(timeout):
+        until, self._sockserve_drain_until = self._sockserve_drain_until, None
+        assert until is not None
+        if not connections.wait_empty(None if until == math.inf
+                                      else max(0.0, until - time.monotonic())):
             connections.cut_all()
         finished, cut = connections.counts()
         report = DrainReport(open=finished - finished_before + cut - cut_before,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import selectors
 import socket
 import ssl
@@ -193,7 +194,7 @@ class _Connection:
         if selector is not None:
             try:
                 selector.unregister(self.sock)  # found even if its handler closed it
-            except KeyError:
+            except (KeyError, ValueError):
                 pass  # not registered (yet, or any more)
         self.server._evented_connections.discard(self)
         try:
@@ -237,12 +238,16 @@ class EventedMixIn(_ConcurrencyMixIn):
             self._evented_buffer = bytearray(RECEIVE_SIZE)
         handler.setup()  # if it raises, the caller reports it and closes the request
         self._evented_connections.add(connection)
-        if handler.closing:  # close() in setup(): nothing to serve
-            connection.end()
+        if handler.closing or request.fileno() < 0:  # close() in setup(), or it closed
+            connection.end()                          # its socket: nothing to serve
             return
         selector = self._sockserve_selector
         if selector is not None:
-            selector.register(request, selectors.EVENT_READ, connection)
+            try:
+                selector.register(request, selectors.EVENT_READ, connection)
+            except BaseException:  # e.g. epoll's watch limit: the caller reports it
+                connection.end()
+                raise
             return
         self._serve_blocking(connection)  # handle_request(): no loop to come back to
 
@@ -276,8 +281,8 @@ class EventedMixIn(_ConcurrencyMixIn):
     def _evented_linger(self, waker: Waker) -> None:
         """After a normal stop: serve each connection until it is between messages,
         then end it, for at most ``stop_grace`` seconds, or, during a drain, until the
-        drain's deadline cuts what is left.  Waiting for a first message too means that
-        a connection accepted just before the stop is answered, not dropped.
+        drain's deadline, where what is left is cut.  Waiting for a first message too
+        means that a connection accepted just before the stop is answered, not dropped.
 
         Uses a selector of its own: the loop's still holds the listeners.
         """
@@ -289,17 +294,20 @@ class EventedMixIn(_ConcurrencyMixIn):
             selector = selectors.DefaultSelector()
         except OSError:  # out of descriptors, say: no grace then
             return
-        deadline = time.monotonic() + self.stop_grace
+        grace_until = time.monotonic() + self.stop_grace
         with selector:
             selector.register(waker, selectors.EVENT_READ)
-            for connection in connections:
-                loop_selector.unregister(connection.sock)
-                selector.register(connection.sock, connection.events or selectors.EVENT_READ,
-                                  connection)
+            for connection in list(connections):
+                try:
+                    loop_selector.unregister(connection.sock)
+                    selector.register(connection.sock,
+                                      connection.events or selectors.EVENT_READ, connection)
+                except (KeyError, ValueError, OSError):  # its handler closed the socket
+                    connection.end()
             self._sockserve_selector = selector
             try:
                 wait: float | None = 0.0  # first, what already waits unread
-                while True:
+                while connections:
                     active = set()
                     for key, events in selector.select(wait):
                         if key.fileobj is waker:
@@ -311,14 +319,15 @@ class EventedMixIn(_ConcurrencyMixIn):
                     for connection in list(connections):
                         if connection not in active and connection.between_messages:
                             connection.end()
-                    if not connections:
+                    drain_until = self._sockserve_drain_until
+                    left = (grace_until if drain_until is None else drain_until) \
+                        - time.monotonic()
+                    if left <= 0:
+                        if drain_until is not None:
+                            self._sockserve_connections.cut_all()  # counted as cut
                         return
-                    if active:
-                        wait = 0.0  # look again before ending or waiting
-                        continue
-                    wait = None if self.draining.is_set() else deadline - time.monotonic()
-                    if wait is not None and wait <= 0:
-                        return
+                    # Look again before waiting while some are busy (pipelining).
+                    wait = 0.0 if active else None if left == math.inf else left
             finally:
                 self._sockserve_selector = loop_selector
 

@@ -274,6 +274,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         if not draining:
             timeout = self.drain_timeout
         if (draining or timeout is not None) and self._drain_thread is None:
+            self._sockserve_begin_drain(timeout)
             self._drain_thread = threading.Thread(
                 target=self._drain_worker, args=(timeout, draining), name="sockserve-drain",
                 daemon=True)

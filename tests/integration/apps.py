@@ -86,4 +86,4 @@ if os.environ.get("SOCKSERVE_LISTEN_FD"):
         def cannot_serve(self: object, poll_interval: float | None = 0.5) -> None:
             raise RuntimeError("this version cannot serve")
 
-        sockserve.BaseServer.serve_forever = cannot_serve  # type: ignore[assignment,method-assign]
+        sockserve.BaseServer.serve_forever = cannot_serve  # type: ignore[method-assign]

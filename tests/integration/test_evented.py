@@ -432,3 +432,68 @@ def test_a_client_that_resets_mid_reply_is_not_an_error(caplog: pytest.LogCaptur
         client.close()  # with unread data and linger 0: a reset
         wait_for(lambda: server.statistics().connections == 0, what="the reset seen")
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_drain_cuts_a_silent_connection_at_its_deadline() -> None:
+    server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        with connect(server.server_address) as silent:
+            wait_for(lambda: server.statistics().connections == 1, what="it accepted")
+            report = server.drain(0.2)  # returns at the deadline, not when it speaks
+            assert recv_all(silent) == b""
+        loop.join(IO_TIMEOUT)
+    finally:
+        server.server_close()
+    assert (report.open, report.finished, report.cut) == (1, 0, 1)
+
+
+def test_a_client_that_keeps_sending_does_not_hold_up_the_stop() -> None:
+    class Server(sockserve.EventedTCPServer):
+        stop_grace = 0.2
+
+    server = Server(("127.0.0.1", 0), Upper)
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    done = threading.Event()
+
+    def chatter(client: socket.socket) -> None:
+        replies = client.makefile("rb")
+        try:
+            for _ in range(1_000_000):  # bounded; ends when the server closes
+                if done.is_set():
+                    return
+                client.sendall(b"more\n")
+                if not replies.readline():
+                    return
+        except OSError:
+            return
+
+    try:
+        with connect(server.server_address) as client:
+            talking = threading.Thread(target=chatter, args=(client,))
+            talking.start()
+            wait_for(lambda: server.statistics().connections == 1, what="it accepted")
+            stopper = threading.Thread(target=server.shutdown)
+            stopper.start()
+            stopper.join(IO_TIMEOUT)
+            assert not stopper.is_alive()  # ended at stop_grace, not when the client stops
+            done.set()
+            talking.join(IO_TIMEOUT)
+        loop.join(IO_TIMEOUT)
+    finally:
+        done.set()
+        server.server_close()
+
+
+def test_a_handler_that_closes_its_socket_in_setup_leaves_nothing() -> None:
+    class CloseAtOnce(Upper):
+        def setup(self) -> None:
+            self.request.close()
+
+    with serve_in_thread(sockserve.EventedTCPServer(("127.0.0.1", 0), CloseAtOnce)) as server:
+        with connect(server.server_address) as client:
+            assert recv_all(client) == b""
+        wait_for(lambda: server.statistics().connections == 0, what="released")
+        assert not server._evented_connections

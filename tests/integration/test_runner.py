@@ -254,7 +254,7 @@ def test_sigusr2_while_draining_is_ignored(service: Any) -> None:
     svc = service("tests.integration.apps:TwoLines", "--drain-timeout", "60")
     with in_flight(svc.address) as client:
         svc.signal(signal.SIGTERM)
-        svc.wait_line(r"SIGTERM: draining")
+        svc.wait_line(r"draining .*: 1 connections open")
         svc.signal(signal.SIGUSR2)  # no new copy, and not a second stop
         svc.wait_line(r"SIGUSR2 while stopping: ignored")
         client.sendall(b"two\n")
@@ -276,7 +276,7 @@ def test_a_stop_during_a_restart_stops_the_new_copy_and_drains(
         copy = int(svc.wait_line(r"SIGTERM during the restart: stopped the new process "
                                  r"(\d+)").group(1))
         assert not process_running(copy)
-        svc.wait_line(r"SIGTERM: draining")
+        svc.wait_line(r"draining .*: 1 connections open")  # the drain itself has begun
         client.sendall(b"two\n")
         assert recv_all(client) == b"TWO\n"  # drained, not cut
     assert svc.proc.wait(IO_TIMEOUT) == 0
@@ -302,10 +302,16 @@ def test_a_copy_whose_predecessor_died_serves_on(service: Any, tmp_path: Path) -
     wait_for(lambda: children(svc.proc.pid), what="the copy to start")
     svc.proc.kill()  # the old process dies before the copy reports that it serves
     svc.proc.wait(IO_TIMEOUT)
-    release = []
-    wait_for(lambda: release.append(open_for_writing(hold)) or release[-1] is not None,
-             what="the copy to wait on the FIFO")
-    os.close(release[-1])  # lets the copy go on
+    writers: list[int] = []
+
+    def copy_waits_on_the_fifo() -> bool:
+        fd = open_for_writing(hold)
+        if fd is not None:
+            writers.append(fd)
+        return bool(writers)
+
+    wait_for(copy_waits_on_the_fifo, what="the copy to wait on the FIFO")
+    os.close(writers[0])  # lets the copy go on
     new = ask_pid(svc.address)  # served by the copy, which kept the socket
     try:
         assert new != old
