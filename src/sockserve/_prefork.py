@@ -41,6 +41,16 @@ DRAIN_EXIT_MARGIN = 5.0
 # one-byte messages (_wakeup.py).
 WORKER_MESSAGE = re.compile(rb"([RS])(\d+);")
 
+# Signals that mean something to the supervisor under the runner (reload, scale,
+# restart), and nothing to a worker: a worker that gets one (a whole process group
+# signalled) goes on serving.
+SUPERVISOR_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
+
+
+def _not_for_workers(signum: int, frame: object) -> None:
+    """A worker's handler for SUPERVISOR_SIGNALS: nothing to do."""
+
+
 # Every server PreForkMixIn goes with is a TCPServer (UDP and Unix ones subclass it).
 if TYPE_CHECKING:
     _SocketServer = TCPServer
@@ -227,6 +237,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             # The handler only sets a flag and wakes the loop (it runs on this thread).
             signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's
+            for signum in SUPERVISOR_SIGNALS:  # so are these (the runner's): not acted on
+                signal.signal(signum, _not_for_workers)
             if self.max_requests:
                 self._requests_left = self.max_requests + random.randint(
                     0, max(0, self.max_requests_jitter))

@@ -167,7 +167,10 @@ def server_class_for(sock: socket.socket, model: str, framed: bool = False) -> t
     stream = sock.type == socket.SOCK_STREAM
     unix = sock.family == getattr(socket, "AF_UNIX", None)
     kind = ("UnixStream" if stream else "UnixDatagram") if unix else ("TCP" if stream else "UDP")
-    if model in ("green", "evented") and not stream or framed and not stream:
+    if framed and not stream:
+        raise SockServeError("a MessageRequestHandler needs a stream socket (TCP, Unix); "
+                             "serve datagrams with a DatagramRequestHandler")
+    if model in ("green", "evented") and not stream:
         raise SockServeError(f"--model {model} serves stream sockets (TCP, Unix); "
                              "use pool or prefork for datagrams")
     if model == "async":

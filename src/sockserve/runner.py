@@ -74,13 +74,20 @@ class Signals:
         self._previous_fd = -1
 
     def __enter__(self) -> Signals:
+        global _active
         self._previous_fd = signal.set_wakeup_fd(self._writer.fileno(),
                                                  warn_on_full_buffer=False)
         for signum in self._signums:
             self._previous[signum] = signal.signal(signum, _noted)
+        _active = self
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        global _active
+        _active = None
+        self._restore()
+
+    def _restore(self) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         signal.set_wakeup_fd(self._previous_fd)
@@ -117,6 +124,23 @@ def _noted(signum: int, frame: object) -> None:
     """The Python-level handler: nothing to do, the number is on the wake-up socket."""
 
 
+# The Signals in use.  A process forked meanwhile (a ForkingMixIn child, a pre-forked
+# worker) gets the handlers it would have had without them: its signals are its own,
+# not numbers written into this process's socket.
+_active: Signals | None = None
+
+
+def _after_fork_in_child() -> None:
+    global _active
+    if _active is not None:
+        _active._restore()
+        _active = None
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
         reload: Callable[[], None] | None = None,
         restart_argv: Sequence[str] | None = None,
@@ -138,8 +162,13 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
 
     Resource handling: the server is closed and the signal handlers restored on return.
     """
+    if threading.current_thread() is not threading.main_thread():
+        raise ValueError("run() must be called from the main thread (signals go there)")
     failures: list[BaseException] = []
     reports: list[DrainReport] = []
+    stopping_copies: list[subprocess.Popen[bytes]] = []
+    if os.environ.get(ENV_READY_FD) is not None:  # a restarted copy: its predecessor
+        _share_listeners(server)                  # still takes connections too
 
     def serve() -> None:
         try:
@@ -165,7 +194,7 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
                     if drainer is not None:
                         logger.warning("SIGUSR2 while stopping: ignored")
                         continue
-                    signum = _restart(server, restart_argv, signals)
+                    signum = _restart(server, restart_argv, signals, stopping_copies)
                     if signum is None:
                         continue  # not restarted: still serving
                     name = signal.Signals(signum).name
@@ -185,7 +214,7 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
                 else:
                     _keep_serving(lambda: server.scale(+1 if signum == signal.SIGTTIN else -1))
         finally:
-            _close(server, loop, signals)
+            _close(server, loop, signals, stopping_copies)
     if failures:
         raise failures[0]
     return reports[0] if reports else None
@@ -203,9 +232,11 @@ def _keep_serving(*actions: Callable[[], None] | None) -> None:
             return
 
 
-def _close(server: Any, loop: threading.Thread, signals: Signals) -> None:
+def _close(server: Any, loop: threading.Thread, signals: Signals,
+           copies: list[subprocess.Popen[bytes]]) -> None:
     """Stop serving and close the server, from a thread, while a stop signal still
-    means "at once" (closing may wait for connections, or a pool's threads)."""
+    means "at once" (closing may wait for connections, or a pool's threads); then wait
+    for restarted copies told to stop (a stop signal kills them)."""
     def close() -> None:
         if loop.is_alive():
             server.shutdown()
@@ -222,9 +253,21 @@ def _close(server: Any, loop: threading.Thread, signals: Signals) -> None:
             logger.warning("%s while closing: stopping now", signal.Signals(signum).name)
             server.stop_now()
     closer.join()
+    for copy in copies:
+        while copy.poll() is None:
+            if signals.next(LIVENESS_CHECK, STOP_SIGNALS) is not None:
+                copy.kill()
+        logger.info("the new process %d has stopped", copy.pid)
 
 
-def _restart(server: Any, argv: Sequence[str] | None, signals: Signals) -> int | None:
+def _share_listeners(server: Any) -> None:
+    share = getattr(server, "_sockserve_share_listeners", None)
+    if share is not None:
+        share()
+
+
+def _restart(server: Any, argv: Sequence[str] | None, signals: Signals,
+             stopping: list[subprocess.Popen[bytes]]) -> int | None:
     """Start a copy of this program on the same listening sockets.
 
     The copy inherits the listening descriptors (``pass_fds``) and a pipe on which it
@@ -233,8 +276,9 @@ def _restart(server: Any, argv: Sequence[str] | None, signals: Signals) -> int |
 
     Returns:
         SIGUSR2 once the copy serves (this process then drains); a stop signal that
-        came meanwhile (the copy is killed, and this process drains as for any stop);
-        None if the copy failed (it is killed; this process serves on).
+        came meanwhile (the copy gets SIGTERM, so it drains what it accepted, and is
+        added to *stopping*; this process drains as for any stop); None if the copy
+        failed (it is killed; this process serves on).
     """
     # sys.orig_argv keeps "-m sockserve", which sys.argv has already turned into a path.
     command = list(argv) if argv is not None else [sys.executable, *sys.orig_argv[1:]]
@@ -243,9 +287,7 @@ def _restart(server: Any, argv: Sequence[str] | None, signals: Signals) -> int |
     env = dict(os.environ, **{ENV_LISTEN_FD: ",".join(map(str, listen_fds)),
                               ENV_READY_FD: str(ready_write)})
     logger.info("SIGUSR2: starting %s", " ".join(command))
-    share = getattr(server, "_sockserve_share_listeners", None)
-    if share is not None:
-        share()  # both processes accept on the sockets until this one drains
+    _share_listeners(server)  # both processes accept on the sockets until this one drains
     try:
         child = subprocess.Popen(command, env=env, pass_fds=(*listen_fds, ready_write))
     except OSError as exc:
@@ -262,12 +304,14 @@ def _restart(server: Any, argv: Sequence[str] | None, signals: Signals) -> int |
         logger.info("restarted process %d is serving; draining this one", child.pid)
         server.disown_socket_file()  # the new process serves it now
         return signal.SIGUSR2
+    if isinstance(outcome, int):
+        logger.warning("%s during the restart: stopping the new process %d",
+                       signal.Signals(outcome).name, child.pid)
+        child.terminate()
+        stopping.append(child)
+        return outcome
     child.kill()
     child.wait()
-    if isinstance(outcome, int):
-        logger.warning("%s during the restart: stopped the new process %d",
-                       signal.Signals(outcome).name, child.pid)
-        return outcome
     logger.error("restarted process %d %s; killed it, still serving", child.pid, outcome)
     return None
 

@@ -139,6 +139,8 @@ def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> No
     (["serve", "tests.integration.apps:Pid", "--model", "evented"],
      "--model evented cannot serve Pid"),
     (["serve", "no_such_module:Handler"], "cannot import 'no_such_module'"),
+    (["serve", "tests.integration.apps:Upper", "--bind", "udp://127.0.0.1:0"],
+     "a MessageRequestHandler needs a stream socket"),
     (["echo", "--port", "0", "--tls-key", "key.pem"], "--tls-key and --tls-client-ca need --tls-cert"),
 ])
 def test_what_cannot_be_served_is_a_clear_error(args: list[str], message: str,

@@ -273,9 +273,9 @@ def test_a_stop_during_a_restart_stops_the_new_copy_and_drains(
         svc.signal(signal.SIGUSR2)
         svc.wait_line(r"SIGUSR2: starting")
         svc.signal(signal.SIGTERM)  # e.g. a stop during a deploy
-        copy = int(svc.wait_line(r"SIGTERM during the restart: stopped the new process "
+        copy = int(svc.wait_line(r"SIGTERM during the restart: stopping the new process "
                                  r"(\d+)").group(1))
-        assert not process_running(copy)
+        wait_for(lambda: not process_running(copy), what="the copy to stop")
         svc.wait_line(r"draining .*: 1 connections open")  # the drain itself has begun
         client.sendall(b"two\n")
         assert recv_all(client) == b"TWO\n"  # drained, not cut
@@ -462,3 +462,92 @@ def test_framed_handlers_in_prefork_workers(service: Any) -> None:
         pid, reply = client.makefile("rb").readline().split()
     assert reply == b"HI" and int(pid) != svc.proc.pid
     assert svc.stop() == 0
+
+
+def run_script(tmp_path: Path, body: str, **popen: Any) -> subprocess.Popen[str]:
+    """A Python script (*body*, which ends in runner.run()) in a process of its own."""
+    script = tmp_path / "script.py"
+    script.write_text("import os, socket, sys, sockserve, sockserve.runner\n" + body)
+    return subprocess.Popen([sys.executable, str(script)], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+def test_a_forked_child_under_the_runner_has_its_own_signals(tmp_path: Path) -> None:
+    proc = run_script(tmp_path, (
+        "class Held(sockserve.StreamRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.wfile.write(b'%d\\n' % os.getpid()); self.wfile.flush()\n"
+        "        self.rfile.readline()\n"
+        "server = sockserve.ForkingTCPServer(('127.0.0.1', 0), Held)\n"
+        "print(server.server_address[1], flush=True)\n"
+        "sockserve.runner.run(server)\n"))
+    assert proc.stdout is not None
+    try:
+        address = ("127.0.0.1", int(proc.stdout.readline()))
+        with connect(address) as held:
+            child = int(held.makefile("rb").readline())
+            os.kill(child, signal.SIGTERM)  # the child ends; the server does not drain
+            assert recv_all(held) == b""
+        with connect(address) as again:
+            assert int(again.makefile("rb").readline()) not in (child, proc.pid)
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(IO_TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.wait(IO_TIMEOUT)
+        proc.stdout.close()
+
+
+def test_a_restarted_copy_never_waits_for_a_datagram_its_predecessor_took(
+        tmp_path: Path) -> None:
+    ready_read, ready_write = os.pipe()
+    proc = run_script(tmp_path, (
+        "class Flags(sockserve.DatagramRequestHandler):\n"
+        "    def handle(self):\n"
+        "        self.wfile.write(b'%d' % self.server._sockserve_receive_flags)\n"
+        "server = sockserve.UDPServer(('127.0.0.1', 0), Flags)\n"
+        "print(server.server_address[1], flush=True)\n"
+        "sockserve.runner.run(server)\n"),
+        env={**os.environ, "SOCKSERVE_READY_FD": str(ready_write)}, pass_fds=(ready_write,))
+    os.close(ready_write)
+    assert proc.stdout is not None
+    try:
+        address = ("127.0.0.1", int(proc.stdout.readline()))
+        with os.fdopen(ready_read, "rb") as ready:
+            assert ready.read(1) == b"1"  # as a restarted copy tells its predecessor
+        import socket
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(IO_TIMEOUT)
+            client.sendto(b"flags?", address)
+            assert int(client.recv(100)) & socket.MSG_DONTWAIT
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(IO_TIMEOUT) == 0
+    finally:
+        proc.kill()
+        proc.wait(IO_TIMEOUT)
+        proc.stdout.close()
+
+
+def test_run_outside_the_main_thread_is_refused_before_anything_starts() -> None:
+    import socket
+
+    import sockserve
+    from sockserve.runner import run
+
+    errors: list[BaseException] = []
+    with sockserve.TCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler) as server:
+        def call() -> None:
+            try:
+                run(server)
+            except ValueError as exc:
+                errors.append(exc)
+
+        descriptors = len(os.listdir("/proc/self/fd"))
+        thread = threading.Thread(target=call)
+        thread.start()
+        thread.join(IO_TIMEOUT)
+        assert "main thread" in str(errors[0])
+        assert len(os.listdir("/proc/self/fd")) == descriptors  # nothing left open
+        assert server.socket.fileno() >= 0  # untouched: still the caller's to close
+        socket.create_connection(server.server_address, timeout=IO_TIMEOUT).close()

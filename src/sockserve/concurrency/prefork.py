@@ -244,7 +244,8 @@ class Supervisor:
 
     def serving(self) -> int:
         """How many workers serve now (started serving, not asked to stop)."""
-        return sum(w.serving and not w.stopping for w in self._workers.values())
+        # list(): read from other threads (the runner) while the loop adds and removes.
+        return sum(w.serving and not w.stopping for w in list(self._workers.values()))
 
     def retire(self, pid: int) -> None:
         """Worker *pid* is stopping by itself (it served max_requests) and finishes what
