@@ -146,7 +146,8 @@ class _Connection:
                 return
             if reply is not None:
                 self._send(framer.frame(reply))
-        self.held = []
+        if self.held:
+            self.held = []
         if framer.pending and not handler.closing:
             try:
                 framer.feed(b"")  # raises now if what is left can no longer fit
