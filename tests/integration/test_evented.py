@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import select
 import socket
 import ssl
 import struct
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,6 +17,20 @@ import pytest
 import sockserve
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, unread_bytes, wait_for
+
+
+@contextlib.contextmanager
+def serving(server: Any) -> Iterator[Any]:
+    """``serve_forever()`` in a thread, for a test that stops it itself (a drain);
+    closes the server and joins the thread on exit."""
+    loop = threading.Thread(target=server.serve_forever, daemon=True)
+    loop.start()
+    try:
+        yield server
+        loop.join(IO_TIMEOUT)
+        assert not loop.is_alive()
+    finally:
+        server.server_close()
 
 
 class Upper(sockserve.MessageRequestHandler):
@@ -106,17 +122,12 @@ def test_slow_reader_is_paused_not_buffered_without_bound() -> None:
 
 def test_drain_ends_connections_between_messages() -> None:
     server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    try:
+    with serving(server):
         with connect(server.server_address) as client:
             client.sendall(b"a\n")
             assert client.makefile("rb").readline() == b"A\n"
             report = server.drain(IO_TIMEOUT)
             assert recv_all(client) == b""
-        loop.join(IO_TIMEOUT)
-    finally:
-        server.server_close()
     assert (report.finished, report.cut) == (1, 0)
 
 
@@ -194,9 +205,7 @@ def test_a_message_still_incomplete_after_the_stop_grace_ends_its_connection() -
 
 def test_drain_waits_for_a_message_in_progress() -> None:
     server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    try:
+    with serving(server):
         with connect(server.server_address) as client:
             client.sendall(b"a\n")
             assert client.makefile("rb").readline() == b"A\n"
@@ -211,9 +220,6 @@ def test_drain_waits_for_a_message_in_progress() -> None:
             client.sendall(b"f\n")
             assert recv_all(client) == b"HALF\n"
             drainer.join(IO_TIMEOUT)
-        loop.join(IO_TIMEOUT)
-    finally:
-        server.server_close()
     assert reports and (reports[0].finished, reports[0].cut) == (1, 0)
 
 
@@ -227,27 +233,24 @@ def test_drain_with_backlog_serves_the_connections_waiting_in_the_kernel() -> No
             return super().handle_message(message)
 
     server = sockserve.EventedTCPServer(("127.0.0.1", 0), Blocking)
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    try:
-        with connect(server.server_address) as first:
-            first.sendall(b"block\n")
-            wait_for(lambda: server.statistics().connections == 1, what="the first accepted")
-            with connect(server.server_address) as waiting:
-                waiting.sendall(b"late\n")
-                reports: list[Any] = []
-                drainer = threading.Thread(
-                    target=lambda: reports.append(server.drain(IO_TIMEOUT, backlog=True)))
-                drainer.start()
-                assert server.draining.wait(IO_TIMEOUT)
-                go.set()
-                assert recv_all(first) == b"BLOCK\n"
-                assert recv_all(waiting) == b"LATE\n"
-                drainer.join(IO_TIMEOUT)
-        loop.join(IO_TIMEOUT)
-    finally:
-        go.set()
-        server.server_close()
+    with serving(server):
+        try:
+            with connect(server.server_address) as first:
+                first.sendall(b"block\n")
+                wait_for(lambda: server.statistics().connections == 1, what="the first accepted")
+                with connect(server.server_address) as waiting:
+                    waiting.sendall(b"late\n")
+                    reports: list[Any] = []
+                    drainer = threading.Thread(
+                        target=lambda: reports.append(server.drain(IO_TIMEOUT, backlog=True)))
+                    drainer.start()
+                    assert server.draining.wait(IO_TIMEOUT)
+                    go.set()
+                    assert recv_all(first) == b"BLOCK\n"
+                    assert recv_all(waiting) == b"LATE\n"
+                    drainer.join(IO_TIMEOUT)
+        finally:
+            go.set()
     assert reports and (reports[0].finished, reports[0].cut) == (2, 0)
     assert server.statistics().connections == 0
 
@@ -436,16 +439,11 @@ def test_a_client_that_resets_mid_reply_is_not_an_error(caplog: pytest.LogCaptur
 
 def test_drain_cuts_a_silent_connection_at_its_deadline() -> None:
     server = sockserve.EventedTCPServer(("127.0.0.1", 0), Upper)
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
-    try:
+    with serving(server):
         with connect(server.server_address) as silent:
             wait_for(lambda: server.statistics().connections == 1, what="it accepted")
             report = server.drain(0.2)  # returns at the deadline, not when it speaks
             assert recv_all(silent) == b""
-        loop.join(IO_TIMEOUT)
-    finally:
-        server.server_close()
     assert (report.open, report.finished, report.cut) == (1, 0, 1)
 
 
@@ -454,8 +452,6 @@ def test_a_client_that_keeps_sending_does_not_hold_up_the_stop() -> None:
         stop_grace = 0.2
 
     server = Server(("127.0.0.1", 0), Upper)
-    loop = threading.Thread(target=server.serve_forever, daemon=True)
-    loop.start()
     done = threading.Event()
 
     def chatter(client: socket.socket) -> None:
@@ -470,21 +466,18 @@ def test_a_client_that_keeps_sending_does_not_hold_up_the_stop() -> None:
         except OSError:
             return
 
-    try:
-        with connect(server.server_address) as client:
-            talking = threading.Thread(target=chatter, args=(client,))
-            talking.start()
+    with serving(server), connect(server.server_address) as client:
+        talking = threading.Thread(target=chatter, args=(client,))
+        talking.start()
+        try:
             wait_for(lambda: server.statistics().connections == 1, what="it accepted")
             stopper = threading.Thread(target=server.shutdown)
             stopper.start()
             stopper.join(IO_TIMEOUT)
             assert not stopper.is_alive()  # ended at stop_grace, not when the client stops
+        finally:
             done.set()
             talking.join(IO_TIMEOUT)
-        loop.join(IO_TIMEOUT)
-    finally:
-        done.set()
-        server.server_close()
 
 
 def test_a_handler_that_closes_its_socket_in_setup_leaves_nothing() -> None:

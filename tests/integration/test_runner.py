@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -10,7 +11,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
@@ -217,25 +218,23 @@ def test_several_bind_addresses(service: Any) -> None:
 
 def test_systemd_socket_activation() -> None:
     import socket
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-
-    def as_systemd_does() -> None:  # in the child, before exec
-        os.dup2(listener.fileno(), 3)
-        os.environ["LISTEN_PID"] = str(os.getpid())
-        os.environ["LISTEN_FDS"] = "1"
-
-    with listener:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:Pid"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-            preexec_fn=as_systemd_does, close_fds=False)  # fds are non-inheritable anyway
-    assert proc.stdout is not None
-    try:
-        assert f"127.0.0.1:{port}" in proc.stdout.readline()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        port = listener.getsockname()[1]
+        proc = systemd_activated(listener, "tests.integration.apps:Pid")
+    with ended(proc) as output:
+        assert f"127.0.0.1:{port}" in output.readline()
         assert ask_pid(("127.0.0.1", port)) == proc.pid
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(IO_TIMEOUT) == 0
+
+
+@contextlib.contextmanager
+def ended(proc: subprocess.Popen[str]) -> Iterator[IO[str]]:
+    """*proc*'s output (it was started by the test, stdout piped); on exit the process
+    is killed if it still runs."""
+    assert proc.stdout is not None
+    try:
+        yield proc.stdout
     finally:
         proc.kill()
         proc.wait(IO_TIMEOUT)
@@ -417,9 +416,8 @@ def test_a_socket_file_made_by_someone_else_stays(how: str, tmp_path: Path) -> N
         if how == "fd://3":
             args += ["--bind", "fd://3"]
         proc = systemd_activated(listener, *args, fds=1 if how == "systemd" else 0)
-        assert proc.stdout is not None
-        try:
-            assert path in proc.stdout.readline()
+        with ended(proc) as output:
+            assert path in output.readline()
             with socket.socket(socket.AF_UNIX) as client:
                 client.settimeout(IO_TIMEOUT)
                 client.connect(path)
@@ -427,10 +425,6 @@ def test_a_socket_file_made_by_someone_else_stays(how: str, tmp_path: Path) -> N
                 assert client.makefile("rb").readline() == b"False\n"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(IO_TIMEOUT) == 0
-        finally:
-            proc.kill()
-            proc.wait(IO_TIMEOUT)
-            proc.stdout.close()
         assert os.path.exists(path)  # systemd's (or the parent's) file, not sockserve's
 
 
@@ -481,9 +475,8 @@ def test_a_forked_child_under_the_runner_has_its_own_signals(tmp_path: Path) -> 
         "server = sockserve.ForkingTCPServer(('127.0.0.1', 0), Held)\n"
         "print(server.server_address[1], flush=True)\n"
         "sockserve.runner.run(server)\n"))
-    assert proc.stdout is not None
-    try:
-        address = ("127.0.0.1", int(proc.stdout.readline()))
+    with ended(proc) as output:
+        address = ("127.0.0.1", int(output.readline()))
         with connect(address) as held:
             child = int(held.makefile("rb").readline())
             os.kill(child, signal.SIGTERM)  # the child ends; the server does not drain
@@ -493,10 +486,6 @@ def test_a_forked_child_under_the_runner_has_its_own_signals(tmp_path: Path) -> 
         assert proc.poll() is None
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(IO_TIMEOUT) == 0
-    finally:
-        proc.kill()
-        proc.wait(IO_TIMEOUT)
-        proc.stdout.close()
 
 
 def test_a_restarted_copy_never_waits_for_a_datagram_its_predecessor_took(
@@ -511,9 +500,8 @@ def test_a_restarted_copy_never_waits_for_a_datagram_its_predecessor_took(
         "sockserve.runner.run(server)\n"),
         env={**os.environ, "SOCKSERVE_READY_FD": str(ready_write)}, pass_fds=(ready_write,))
     os.close(ready_write)
-    assert proc.stdout is not None
-    try:
-        address = ("127.0.0.1", int(proc.stdout.readline()))
+    with ended(proc) as output:
+        address = ("127.0.0.1", int(output.readline()))
         with os.fdopen(ready_read, "rb") as ready:
             assert ready.read(1) == b"1"  # as a restarted copy tells its predecessor
         import socket
@@ -523,10 +511,6 @@ def test_a_restarted_copy_never_waits_for_a_datagram_its_predecessor_took(
             assert int(client.recv(100)) & socket.MSG_DONTWAIT
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(IO_TIMEOUT) == 0
-    finally:
-        proc.kill()
-        proc.wait(IO_TIMEOUT)
-        proc.stdout.close()
 
 
 def test_run_outside_the_main_thread_is_refused_before_anything_starts() -> None:
