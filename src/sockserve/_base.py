@@ -148,6 +148,7 @@ class BaseServer:
             # the socket, which the caller may already have closed.
             if self.__shutdown_request:
                 return
+            self.draining.clear()  # from an earlier drain()
             self.__waker = waker = Waker()
             self.__loop_owner = (os.getpid(), threading.get_ident())
             with _ServerSelector() as selector:
@@ -312,11 +313,14 @@ class BaseServer:
         self._sockserve_begin_drain(timeout)
         connections = self._sockserve_connections
         finished_before, cut_before = counts_before or connections.counts()
-        until, self._sockserve_drain_until = self._sockserve_drain_until, None
+        until = self._sockserve_drain_until
         assert until is not None
-        if not connections.wait_empty(None if until == math.inf
-                                      else max(0.0, until - time.monotonic())):
-            connections.cut_all()
+        try:  # the deadline stays set meanwhile: a loop still stopping may read it
+            if not connections.wait_empty(None if until == math.inf
+                                          else max(0.0, until - time.monotonic())):
+                connections.cut_all()
+        finally:
+            self._sockserve_drain_until = None
         finished, cut = connections.counts()
         report = DrainReport(open=finished - finished_before + cut - cut_before,
                              finished=finished - finished_before, cut=cut - cut_before)

@@ -26,7 +26,12 @@ from typing import TYPE_CHECKING, Any
 from ._mixins import _ConcurrencyMixIn
 from ._server import BaseServer, TCPServer, UDPServer
 from ._wakeup import SHUTDOWN, Waker
-from .concurrency.prefork import Supervisor, SupervisorStatistics, unblock_stop_signals
+from .concurrency.prefork import (
+    SUPERVISOR_SIGNALS,
+    Supervisor,
+    SupervisorStatistics,
+    unblock_stop_signals,
+)
 from .stats import DrainReport, ServerStatistics
 
 logger = logging.getLogger("sockserve.prefork")
@@ -40,12 +45,6 @@ DRAIN_EXIT_MARGIN = 5.0
 # "R<pid>;" when retiring (max_requests).  These bytes never read as the waker's
 # one-byte messages (_wakeup.py).
 WORKER_MESSAGE = re.compile(rb"([RS])(\d+);")
-
-# Signals that mean something to the supervisor under the runner (reload, scale,
-# restart), and nothing to a worker: a worker that gets one (a whole process group
-# signalled) goes on serving.
-SUPERVISOR_SIGNALS = (signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN, signal.SIGTTOU)
-
 
 def _not_for_workers(signum: int, frame: object) -> None:
     """A worker's handler for SUPERVISOR_SIGNALS: nothing to do."""

@@ -7,7 +7,7 @@ from typing import Any
 
 import sockserve
 from sockserve.stats import DrainReport
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
 
 class TwoLines(sockserve.StreamRequestHandler):
@@ -175,3 +175,20 @@ def test_drain_cuts_requests_that_only_look_like_sockets() -> None:
     finally:
         loop.join(IO_TIMEOUT)
         server.server_close()
+
+
+def test_draining_is_cleared_when_serving_starts_again() -> None:
+    server = sockserve.ThreadingTCPServer(("127.0.0.1", 0), sockserve.StreamRequestHandler)
+    with server:
+        loop = threading.Thread(target=server.serve_forever, daemon=True)
+        loop.start()
+        wait_for(server.is_serving, what="serving")
+        server.drain(0.1)
+        loop.join(IO_TIMEOUT)
+        assert server.draining.is_set()
+        again = threading.Thread(target=server.serve_forever, daemon=True)
+        again.start()
+        wait_for(server.is_serving, what="serving again")
+        assert not server.draining.is_set()
+        server.shutdown()
+        again.join(IO_TIMEOUT)

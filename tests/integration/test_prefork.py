@@ -652,3 +652,43 @@ def test_async_handlers_are_refused_rather_than_served_without_workers() -> None
     with pytest.raises(TypeError, match="does not combine with AsyncMixIn"):
         class Server(sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.TCPServer):
             pass
+
+
+def test_an_evented_worker_drains_to_the_supervisors_deadline() -> None:
+    class Greeting(UpperLines):
+        def setup(self) -> None:
+            self.request.send(b"hello\n")  # so the client knows it was accepted
+
+    class Server(sockserve.PreForkMixIn, sockserve.EventedMixIn, sockserve.TCPServer):
+        workers = 1
+        graceful_timeout = IO_TIMEOUT
+        stop_grace = 0.05  # what a worker would use without the drain's deadline
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Greeting)) as server:
+        with connect(server.server_address) as silent:
+            assert silent.recv(100) == b"hello\n"
+            report = server.drain(0.5)
+            assert recv_all(silent) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+
+
+def test_a_new_worker_takes_no_signal_before_its_handlers_are_in_place() -> None:
+    read_end, write_end = os.pipe()
+
+    def report_mask(place: Any) -> None:
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        os.write(write_end, b",".join(b"%d" % s for s in sorted(blocked)))
+        os._exit(0)
+
+    supervisor = Supervisor(report_mask, target=1)
+    try:
+        pid = supervisor.spawn()
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as mask:
+            blocked = {int(s) for s in mask.read().split(b",") if s}
+        os.waitpid(pid, 0)
+    finally:
+        supervisor.kill_all()
+        supervisor.reap()  # closes its pidfd
+    assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
+            signal.SIGTTOU} <= blocked

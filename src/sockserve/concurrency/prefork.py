@@ -30,6 +30,14 @@ RESPAWN_DELAY_MAX = 2.0
 POLL_WITHOUT_PIDFD = 0.05
 # The signals that ask a worker to stop.
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+# Signals that mean something to the supervisor under the runner (reload, scale,
+# restart), and nothing to a worker: a worker that gets one (its whole process group
+# signalled) goes on serving.
+SUPERVISOR_SIGNALS = frozenset({signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
+                                signal.SIGTTOU})
+# Blocked across fork() until the new worker has its own handlers for them: until
+# then it has the parent's, or (under the runner) the default ones, which end it.
+BLOCKED_WHILE_STARTING = STOP_SIGNALS | SUPERVISOR_SIGNALS
 
 
 # prctl(2): the signal a process gets when the thread that forked it ends.
@@ -66,7 +74,7 @@ def end_with_parent(prctl: Callable[..., int] | None, parent: int) -> None:
 
 def unblock_stop_signals() -> None:
     """Called by a worker once its handlers are in place (see ``Supervisor.spawn``)."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, BLOCKED_WHILE_STARTING)
 
 
 @dataclass(frozen=True)
@@ -118,14 +126,14 @@ class Supervisor:
     def spawn(self) -> int:
         """Fork one worker; returns its pid (in the parent).
 
-        SIGTERM and SIGINT stay blocked in the child until ``run_worker()`` has set its
-        own handlers and unblocks them (``unblock_stop_signals()``): a stop requested
-        while the child starts is then handled, not fatal, and never handled by a copy
-        of the parent's handlers.
+        The stop signals (and the supervisor's, SIGHUP and the like) stay blocked in
+        the child until ``run_worker()`` has set its own handlers and unblocks them
+        (``unblock_stop_signals()``): a signal that comes while the child starts is
+        then handled, not fatal, and never handled by a copy of the parent's handlers.
         """
         place = self._place([w.place for w in self._workers.values() if not w.stopping])
         parent = os.getpid()
-        previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, BLOCKED_WHILE_STARTING)
         pid = -1
         try:
             pid = os.fork()
