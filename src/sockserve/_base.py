@@ -154,7 +154,7 @@ class BaseServer:
             with _ServerSelector() as selector:
                 selector.register(waker, selectors.EVENT_READ)
                 self.__handshakes = handshakes = HandshakeDriver(
-                    selector, self.__handshake_done, self.__handshake_failed)
+                    selector, self.__dispatch, self.__handshake_failed)
                 self._sockserve_selector = selector
                 stopped = False
                 try:
@@ -533,9 +533,6 @@ class BaseServer:
             self.__count_tls_failure(isinstance(exc, TimeoutError))
             return
         assert tls is not None
-        self.__dispatch(tls, client_address)
-
-    def __handshake_done(self, tls: ssl.SSLSocket, client_address: Any) -> None:
         self.__dispatch(tls, client_address)
 
     def __handshake_failed(self, tls: ssl.SSLSocket, client_address: Any,
