@@ -692,3 +692,22 @@ def test_a_new_worker_takes_no_signal_before_its_handlers_are_in_place() -> None
         supervisor.reap()  # closes its pidfd
     assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2, signal.SIGTTIN,
             signal.SIGTTOU} <= blocked
+
+
+def test_a_reload_does_not_wait_for_a_recycled_worker_to_finish() -> None:
+    class Server(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.TCPServer):
+        workers = 1
+        max_requests = 1
+        graceful_timeout = IO_TIMEOUT
+
+    with serve_in_thread(Server(("127.0.0.1", 0), Lines)) as server:
+        with connect(server.server_address) as kept:
+            kept.sendall(b"pid\n")
+            recycled = int(kept.makefile("rb").readline())  # it lingers with this one
+            wait_for(lambda: len(server.worker_pids()) == 2, what="its replacement")
+            (fresh,) = set(server.worker_pids()) - {recycled}
+            server.reload()
+            wait_for(lambda: fresh not in server.worker_pids() and
+                     len(server.worker_pids()) == 2, what="the fresh one replaced")
+            assert recycled in server.worker_pids()
+            kept.sendall(b"bye\n")

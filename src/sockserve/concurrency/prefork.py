@@ -94,6 +94,7 @@ class _Worker:
     place: Any = None  # what place() chose for it (e.g. a CPU)
     stopping: bool = False  # asked to stop by shrink(); no longer counts toward target
     serving: bool = False  # it said so (mark_serving())
+    retired: bool = False  # stopping by itself after max_requests, already replaced
 
 
 class Supervisor:
@@ -261,7 +262,7 @@ class Supervisor:
         replacement now rather than when it exits."""
         worker = self._workers.get(pid)
         if worker is not None:
-            worker.stopping = True
+            worker.stopping = worker.retired = True
             self._to_replace.discard(pid)
 
     def replace_all(self) -> None:
@@ -271,9 +272,11 @@ class Supervisor:
     def roll(self) -> None:
         """Advance a rolling replacement: when no worker is on its way out, ask the next
         old one to stop gracefully; ``fill()`` then starts its replacement at once, so
-        the number of workers serving never drops by more than one."""
+        the number of workers serving never drops by more than one.  A retired worker
+        (``retire()``) finishing its connections does not hold the rotation up."""
         self._to_replace.intersection_update(self._workers)  # forget exited ones
-        if not self._to_replace or any(w.stopping for w in self._workers.values()):
+        if not self._to_replace or any(w.stopping and not w.retired
+                                       for w in self._workers.values()):
             return
         worker = self._workers[self._to_replace.pop()]
         worker.stopping = True
