@@ -600,13 +600,18 @@ class Lines(Pid):
             self.wfile.write(b"%d\n" % os.getpid())
 
 
-def test_a_recycling_worker_is_replaced_while_it_finishes_its_connections() -> None:
+def one_request_workers() -> Any:
+    """One pre-forked worker with a pool, recycled after every request, serving Lines."""
     class Server(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.TCPServer):
         workers = 1
         max_requests = 1
         graceful_timeout = IO_TIMEOUT
 
-    with serve_in_thread(Server(("127.0.0.1", 0), Lines)) as server:
+    return Server(("127.0.0.1", 0), Lines)
+
+
+def test_a_recycling_worker_is_replaced_while_it_finishes_its_connections() -> None:
+    with serve_in_thread(one_request_workers()) as server:
         with connect(server.server_address) as kept:
             replies = kept.makefile("rb")
             kept.sendall(b"pid\n")
@@ -695,12 +700,7 @@ def test_a_new_worker_takes_no_signal_before_its_handlers_are_in_place() -> None
 
 
 def test_a_reload_does_not_wait_for_a_recycled_worker_to_finish() -> None:
-    class Server(sockserve.PreForkMixIn, sockserve.ThreadPoolMixIn, sockserve.TCPServer):
-        workers = 1
-        max_requests = 1
-        graceful_timeout = IO_TIMEOUT
-
-    with serve_in_thread(Server(("127.0.0.1", 0), Lines)) as server:
+    with serve_in_thread(one_request_workers()) as server:
         with connect(server.server_address) as kept:
             kept.sendall(b"pid\n")
             recycled = int(kept.makefile("rb").readline())  # it lingers with this one
