@@ -18,9 +18,10 @@ import select
 import socket
 import sys
 import threading
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
+from . import _aio_loop
 from ._aio_admission import admit, allowed
 from ._aio_driver import Parking, drive
 from ._aio_limits import ConnectionLimits
@@ -91,6 +92,9 @@ class Serving:
         self.verify_request: Callable[[Any, Any], bool] | None = (
             None if type(server).verify_request is BaseServer.verify_request
             else server.verify_request)
+        # A pre-forked worker counts admitted connections toward max_requests.
+        self.took_request: Callable[[], None] | None = (
+            None if server._aio_worker is None else server._aio_worker.took_request)
 
     @property
     def receive_buffer(self) -> memoryview:
@@ -188,6 +192,8 @@ class Serving:
                 self.counters.denied += 1
                 transport.close()
                 return
+        if self.took_request is not None:
+            self.took_request()
         limits = ConnectionLimits.from_server(server, self.loop)
         if limits is not None:
             reader._apply_limits(limits)
@@ -242,18 +248,31 @@ class Serving:
 
     # -- stopping -------------------------------------------------------------------
 
-    async def stop_accepting(self, socks: list[Any], backlog: bool) -> None:
+    async def stop_accepting(self, socks: list[Any], backlog: bool,
+                             shared: Sequence[Any] = ()) -> None:
         """Close the listeners; with *backlog*, accept what waits in the kernel first.
 
         asyncio sets an accepted connection up one loop pass after accepting it, and a
         listener closed in between loses it (the socket leaks, the client hangs).  So
-        the listeners close only once the listening sockets (*socks*) have had nothing
-        waiting and no connection has been half set up for two passes in a row; without
-        *backlog*, what arrives meanwhile is refused (reset) rather than served.
+        the listeners close only once the listening sockets (*socks*, one a listener)
+        have had nothing waiting and no connection has been half set up for two passes
+        in a row; without *backlog*, what arrives meanwhile is refused (reset) rather
+        than served.
+
+        *shared*: those of *socks* that other processes accept on too (a pre-forked
+        worker's).  This loop stops taking connections from them at once and serves
+        those it took; what waits there is the others'.  Then the rest are served as
+        with *backlog*: nobody else takes what waits on them.
         """
         if not self.listeners:
             self.accepting = False
             return
+        if shared:
+            for sock, listener in zip(socks, self.listeners):
+                if any(sock is other for other in shared):
+                    self._stop_listening(listener)
+            socks = [sock for sock in socks if not any(sock is other for other in shared)]
+            backlog = True
         self.accepting = backlog
         quiet = 0
         for _ in range(SETTLE_PASSES):
@@ -266,6 +285,19 @@ class Serving:
         listeners, self.listeners = self.listeners, []
         for listener in listeners:
             listener.close()  # not wait_closed(), which waits for the clients
+
+    def _stop_listening(self, listener: asyncio.AbstractServer) -> None:
+        """*listener* takes no more connections, and those it took are set up.
+
+        uvloop sets a connection up in the callback that accepts it, so closing is
+        enough; asyncio stops reading the socket (``close()`` comes after the passes
+        that set up what it accepted).
+        """
+        if _aio_loop.is_uvloop(self.loop):
+            listener.close()
+            return
+        for sock in cast(asyncio.Server, listener).sockets:
+            self.loop.remove_reader(sock.fileno())
 
     def cut_now(self) -> None:
         """``stop_now()``: end every connection at once (a drain stops waiting)."""

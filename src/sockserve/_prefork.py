@@ -4,7 +4,8 @@ The process that calls ``serve_forever()`` becomes the supervisor (``Supervisor`
 ``concurrency/prefork.py``): it accepts nothing itself, keeps ``workers`` children
 running, replaces any that die, recycles them after ``max_requests``, and on
 ``shutdown()`` stops them gracefully.  Each worker runs the ordinary accept loop with
-whatever mix-in comes after ``PreForkMixIn`` (serial by default, or ``ThreadPoolMixIn``).
+whatever mix-in comes after ``PreForkMixIn`` (serial by default, or ``ThreadPoolMixIn``),
+or, after ``AsyncMixIn``, an event loop (``_prefork_aio.py``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ._mixins import _ConcurrencyMixIn
+from ._prefork_aio import AsyncWorker
 from ._server import BaseServer, TCPServer, UDPServer
 from ._wakeup import SHUTDOWN, Waker
 from .concurrency.prefork import (
@@ -142,14 +144,40 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _draining_workers = False  # the supervisor's drain() is in progress...
     _drain_for: float | None = None  # ...with this timeout
     _drain_thread: threading.Thread | None = None  # a stopping worker's
+    # With AsyncMixIn after this class: that class (its serving methods are the
+    # workers'; the supervisor's are the sync ones after it), and in a worker the glue
+    # between its event loop and the supervisor.
+    _event_loop_class: type | None = None
+    _aio_worker: AsyncWorker | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "_sockserve_event_loop", False):
+        event_loop = next((base for base in cls.__mro__
+                           if "_sockserve_event_loop" in vars(base)), None)
+        if event_loop is None:
+            return
+        if cls.__mro__.index(PreForkMixIn) > cls.__mro__.index(event_loop):
+            raise TypeError(f"{cls.__qualname__}: put PreForkMixIn before "
+                            f"{event_loop.__name__}, or the event loop would serve in the "
+                            "supervisor, with no worker")
+        if getattr(cls, "socket_type", None) == socket.SOCK_DGRAM:
             raise TypeError(
-                f"{cls.__qualname__}: PreForkMixIn does not combine with AsyncMixIn yet "
-                "(the event loop would serve in the supervisor, with no worker); run "
-                "several processes on one SO_REUSEPORT address instead (docs/async.md)")
+                f"{cls.__qualname__}: async datagram handlers are not served by pre-forked "
+                "workers yet (a stopping worker could not leave the shared socket's "
+                "datagrams to the others); use a sync DatagramRequestHandler with "
+                "PreForkMixIn, or one AsyncUDPServer per process on a SO_REUSEPORT address")
+        cls._event_loop_class = event_loop
+
+    def _serving_methods(self) -> Any:
+        """Where ``serve_forever()``, ``shutdown()``, ``drain()`` and ``is_serving()``
+        come from: the next class, except in the supervisor of event-loop workers,
+        which supervises with the sync loop (the event loop's methods are the workers')."""
+        if self._event_loop_class is None or self.in_worker:
+            return super()
+        return super(self._event_loop_class, self)
+
+    def serve_forever(self, poll_interval: float | None = 0.5) -> None:
+        self._serving_methods().serve_forever(poll_interval)
 
     def server_bind(self) -> None:
         if self.reuse_port_per_worker and self.address_family in INET_FAMILIES:
@@ -209,8 +237,11 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     def _stop_timeout(self) -> float | None:
         """How long stopping workers get before SIGKILL: ``graceful_timeout``, or more
         for a drain that gives them longer (they cut at its deadline, then exit), or
-        for ever for a drain without a timeout."""
+        for ever for a drain without a timeout.  Event-loop workers cancel their
+        handlers at ``graceful_timeout`` themselves: they get the margin to exit."""
         if not self._draining_workers:
+            if self._event_loop_class is not None:
+                return self.graceful_timeout + DRAIN_EXIT_MARGIN
             return self.graceful_timeout
         if self._drain_for is None:
             return None
@@ -243,8 +274,14 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                     0, max(0, self.max_requests_jitter))
             if self.reuse_port_per_worker:
                 self._listen_on_own_sockets()
+            if self._event_loop_class is not None:
+                self._aio_worker = AsyncWorker(self)
             self.serve_forever(self._poll_interval)
-            if self._own_sockets:
+            # The event loop may have left SIGTERM at its default action.
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
+            if self._aio_worker is not None:
+                self._aio_worker.report()  # its loop served its own sockets' backlog
+            elif self._own_sockets:
                 # What the kernel queued on this worker's own sockets dies with them:
                 # serve it first (a connection arriving between this and close() is
                 # still reset; Linux's net.ipv4.tcp_migrate_req=1 moves those too).
@@ -278,7 +315,10 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         """SIGTERM in a worker: stop accepting and, with a drain timeout (the
         supervisor's ``drain()``, else ``drain_timeout``), cut what is still open at the
         deadline — from a thread, because a serial worker's loop thread may be the one
-        blocked in a handler.  Idempotent."""
+        blocked in a handler.  An event-loop worker does it on its loop.  Idempotent."""
+        if self._aio_worker is not None:
+            self._aio_worker.stop()
+            return
         BaseServer.shutdown(self)  # on the loop's (main) thread: sets the flag, returns
         channel = self._drain_channel
         draining, timeout = channel.requested() if channel is not None else (False, None)
@@ -311,17 +351,21 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
 
     def is_serving(self) -> bool:
         """In the supervisor: serving, with at least one worker that serves."""
+        serving: bool = self._serving_methods().is_serving()
         if self.in_worker:
-            return super().is_serving()
-        return super().is_serving() and self._supervisor is not None \
-            and self._supervisor.serving() > 0
+            return serving
+        return serving and self._supervisor is not None and self._supervisor.serving() > 0
 
     def process_request(self, request: Any, client_address: Any) -> None:
+        self._count_request()
+        super().process_request(request, client_address)
+
+    def _count_request(self) -> None:
+        """In a worker: one request toward ``max_requests``."""
         if self._requests_left:
             self._requests_left -= 1
             if not self._requests_left:
                 self._retire()
-        super().process_request(request, client_address)
 
     def _retire(self) -> None:
         """In a worker that took its last request: have the supervisor start the
@@ -338,14 +382,16 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         supervisor's own loop only, which accepts nothing.)"""
         channel = self._drain_channel
         if self.in_worker or channel is None:
-            return super().drain(timeout, backlog=backlog)
+            report: DrainReport = self._serving_methods().drain(timeout, backlog=backlog)
+            return report
         if self._sockserve_on_loop_thread():
             raise RuntimeError("drain() cannot wait for the workers on the thread that "
                                "supervises them; call it from another thread")
         channel.start(timeout)
         self._draining_workers, self._drain_for = True, timeout
         try:
-            super().drain(timeout, backlog=backlog)  # returns once the workers are reaped
+            # Returns once the workers are reaped.
+            self._serving_methods().drain(timeout, backlog=backlog)
         finally:
             self._draining_workers, self._drain_for = False, None
         report = channel.report()
@@ -358,7 +404,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         if self._supervisor_waker is not None:
             self._supervisor_waker.wake(SHUTDOWN)
             return
-        super().shutdown()
+        self._serving_methods().shutdown()
 
     def reload(self) -> None:
         """Replace every worker, one at a time: each old one finishes its requests

@@ -118,6 +118,9 @@ class AsyncMixIn(_ServerBase):
     graceful_timeout: float = 0.0
     # Serves on an event loop of its own, not the sync serving loop (PreForkMixIn checks).
     _sockserve_event_loop = True
+    # In a pre-forked worker (PreForkMixIn): what tells the supervisor about this
+    # loop's serving, and stops it (_prefork_aio.AsyncWorker).
+    _aio_worker: Any = None
     # One event loop accepts for every connection: a deep backlog absorbs bursts.  The
     # kernel caps it at net.core.somaxconn.
     request_queue_size = socket.SOMAXCONN
@@ -204,6 +207,8 @@ class AsyncMixIn(_ServerBase):
                 return
             self.draining.clear()  # from a previous serve()
             await self._listen(serving)
+            if self._aio_worker is not None:
+                self._aio_worker.started(serving)
             self._notify_serving()
             if poll_interval is not None:
                 serving.ticker = loop.call_later(
@@ -273,8 +278,11 @@ class AsyncMixIn(_ServerBase):
     async def _stop_serving(self, serving: Serving) -> None:
         drain = serving.drain
         if not serving.endpoints:
+            shared = self._aio_worker.shared_sockets() if self._aio_worker is not None else []
             await serving.stop_accepting([self.socket, *self.extra_sockets],
-                                         drain is not None and drain[1])
+                                         drain is not None and drain[1], shared)
+            if self._aio_worker is not None:
+                self._aio_worker.stopped_accepting()
         grace = drain[0] if drain is not None else self._aio_grace()
         report = await serving.close(grace)
         for endpoint in serving.endpoints:

@@ -145,7 +145,7 @@ def handler_kind(handler: type) -> str:
 
 
 # Which models serve which kind of handler.
-MODELS_FOR = {"framed": ("evented", "prefork"), "async": ("async",),
+MODELS_FOR = {"framed": ("evented", "prefork"), "async": ("async", "prefork"),
               "blocking": ("serial", "threads", "pool", "prefork", "green")}
 
 
@@ -161,9 +161,11 @@ def choose_model(handler: type, model: str | None) -> str:
     return model
 
 
-def server_class_for(sock: socket.socket, model: str, framed: bool = False) -> type:
-    """The ready-made server class for *sock*'s family and type under *model*."""
+def server_class_for(sock: socket.socket, model: str, handlers: str = "blocking") -> type:
+    """The server class for *sock*'s family and type under *model*, serving *handlers*
+    (a ``handler_kind()``)."""
     import sockserve
+    framed = handlers == "framed"
     stream = sock.type == socket.SOCK_STREAM
     unix = sock.family == getattr(socket, "AF_UNIX", None)
     kind = ("UnixStream" if stream else "UnixDatagram") if unix else ("TCP" if stream else "UDP")
@@ -178,8 +180,13 @@ def server_class_for(sock: socket.socket, model: str, framed: bool = False) -> t
         return getattr(aio, f"Async{kind}Server")  # type: ignore[no-any-return]
     prefix = {"serial": "", "threads": "Threading", "pool": "ThreadPool",
               "prefork": "PreFork", "green": "Green", "evented": "Evented"}[model]
-    if model == "prefork":  # each worker gets a pool, or serves framed handlers evented
-        inner = sockserve.EventedMixIn if framed else sockserve.ThreadPoolMixIn
+    if model == "prefork":  # each worker gets a pool, an event loop, or serves evented
+        if handlers == "async" and not stream:
+            raise SockServeError("--model prefork serves async handlers on stream sockets "
+                                 "only; use --model async for datagrams")
+        from . import aio
+        inner = {"framed": sockserve.EventedMixIn, "async": aio.AsyncMixIn}.get(
+            handlers, sockserve.ThreadPoolMixIn)
         return type(f"PreFork{kind}Server", (sockserve.PreForkMixIn, inner,
                                               getattr(sockserve, f"{kind}Server")), {})
     cls: type = getattr(sockserve, f"{prefix}{kind}Server")
@@ -214,8 +221,7 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
                                  "UDP and Unix addresses")
         if args.tls_cert and socks[0].type != socket.SOCK_STREAM:
             raise SockServeError("TLS needs stream sockets (there is no DTLS)")
-        model_class = server_class_for(socks[0], args.model,
-                                       framed=handler_kind(handler) == "framed")
+        model_class = server_class_for(socks[0], args.model, handler_kind(handler))
     except BaseException:
         for sock in socks:
             if any(sock is mine for mine in owned) and not inherited.from_restart:

@@ -651,12 +651,6 @@ def test_a_recycling_evented_worker_answers_the_connection_it_accepted_last() ->
     assert workers(server).crashed == 0
 
 
-def test_async_handlers_are_refused_rather_than_served_without_workers() -> None:
-    from sockserve import aio
-
-    with pytest.raises(TypeError, match="does not combine with AsyncMixIn"):
-        class Server(sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.TCPServer):
-            pass
 
 
 def test_an_evented_worker_drains_to_the_supervisors_deadline() -> None:

@@ -449,8 +449,9 @@ def test_the_model_follows_the_kind_of_handler(service: Any, handler: str, model
     assert svc.stop() == 0
 
 
-def test_framed_handlers_in_prefork_workers(service: Any) -> None:
-    svc = service("tests.integration.apps:Upper", "--model", "prefork", "--workers", "1")
+@pytest.mark.parametrize("handler", ["Upper", "AsyncUpper"])
+def test_framed_and_async_handlers_in_prefork_workers(service: Any, handler: str) -> None:
+    svc = service(f"tests.integration.apps:{handler}", "--model", "prefork", "--workers", "1")
     with connect(svc.address) as client:
         client.sendall(b"hi\n")
         pid, reply = client.makefile("rb").readline().split()

@@ -1,0 +1,98 @@
+"""A pre-forked worker that serves async handlers on an event loop.
+
+``class S(PreForkMixIn, AsyncMixIn, TCPServer)``: the supervisor is the sync one, and
+each worker runs ``AsyncMixIn.serve_forever()``.  What differs from a sync worker is
+how it stops and what it tells the supervisor, both done here:
+
+- it reports ``S<pid>;`` once its loop listens, and takes SIGTERM on the loop;
+- a stop (SIGTERM, ``max_requests``) leaves the shared listening sockets to the other
+  workers at once, serves what it accepted and what waits on its own SO_REUSEPORT
+  sockets (then closes them), and drains to the supervisor's deadline
+  when the supervisor drains (``drain_timeout`` or ``graceful_timeout`` otherwise);
+- it counts each admitted connection toward ``max_requests``;
+- a drain's report goes back through the supervisor's ``DrainChannel``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+from typing import TYPE_CHECKING, Any
+
+from .concurrency.prefork import unblock_stop_signals
+
+if TYPE_CHECKING:
+    from ._aio_serving import Serving
+
+
+class AsyncWorker:
+    """Made in the worker process, before its loop starts; the ``AsyncMixIn`` server
+    calls ``started()``, ``shared_sockets()`` and ``took_request()`` while serving."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self.drained: Serving | None = None  # the serve() a supervisor's drain ended
+
+    def started(self, serving: Serving) -> None:
+        """On the loop, once it listens: SIGTERM now arrives as a loop callback (the
+        loop's wake-up descriptor), and the supervisor learns that this worker serves."""
+        try:
+            serving.loop.add_signal_handler(signal.SIGTERM, self.stop)
+        except (RuntimeError, ValueError):  # not the main thread: the Python handler stays
+            pass
+        unblock_stop_signals()  # blocked since the fork (Supervisor.spawn)
+        waker = self.server._supervisor_waker
+        if waker is not None:
+            waker.wake(b"S%d;" % os.getpid())
+
+    def stop(self) -> None:
+        """Stop serving, from any thread or a signal handler; idempotent."""
+        server = self.server
+        server._aio_shutdown_request = True  # a serve() not yet started returns at once
+        serving = server._aio_serving
+        if serving is None:
+            return
+        try:
+            # Through the loop even on its own thread: a signal handler may run while
+            # the loop waits, and only this wakes it.
+            serving.loop.call_soon_threadsafe(self._stop_on_loop, serving)
+        except RuntimeError:
+            pass  # the loop is closed: serving has ended
+
+    def _stop_on_loop(self, serving: Serving) -> None:
+        if serving.stop.done():
+            return
+        server = self.server
+        channel = server._drain_channel
+        draining, timeout = channel.requested() if channel is not None else (False, None)
+        if draining:
+            self.drained = serving
+            serving.request_drain(timeout, False, server._aio_start_drain(serving, timeout))
+        else:
+            serving.request_stop()
+
+    def shared_sockets(self) -> list[socket.socket]:
+        """The listening sockets the other workers accept on too (all but this worker's
+        own SO_REUSEPORT ones): stopping leaves what waits there to them."""
+        server = self.server
+        own = server._own_sockets
+        return [sock for sock in [server.socket, *server.extra_sockets]
+                if not any(sock is mine for mine in own)]
+
+    def stopped_accepting(self) -> None:
+        """The loop has served what waited on this worker's own SO_REUSEPORT sockets:
+        close them, so that the kernel sends new connections to the other workers'
+        rather than queue them here until ``server_close()`` resets them."""
+        for sock in self.server._own_sockets:
+            sock.close()
+
+    def took_request(self) -> None:
+        """A connection was admitted: one request toward ``max_requests``."""
+        self.server._count_request()
+
+    def report(self) -> None:
+        """After serving: what a supervisor's drain did here, for its report."""
+        channel = self.server._drain_channel
+        if self.drained is not None and channel is not None:
+            channel.send(self.drained.report)

@@ -1,0 +1,171 @@
+"""PreForkMixIn with AsyncMixIn: async handlers served by pre-forked workers, each on
+an event loop of its own, under the same supervisor as the sync workers."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+import pytest
+
+import sockserve
+from sockserve import aio
+from sockserve.stats import DrainReport
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
+from tests.integration.test_async import LOOPS, LoopName
+
+
+@pytest.fixture(params=LOOPS)
+def loop_name(request: pytest.FixtureRequest) -> LoopName:
+    name: LoopName = request.param
+    return name
+
+
+class Lines(aio.AsyncStreamRequestHandler):
+    """Replies to each line with the worker's pid until "bye"; "crash" kills the worker,
+    "hold" answers "held" and waits for the next line before replying."""
+
+    async def handle(self) -> None:
+        while line := await self.reader.readline():
+            if line == b"bye\n":
+                return
+            if line == b"crash\n":
+                os._exit(3)
+            if line == b"hold\n":
+                self.writer.write(b"held\n")
+                await self.writer.drain()
+                await self.reader.readline()
+            self.writer.write(b"%d\n" % os.getpid())
+            await self.writer.drain()
+
+
+def prefork(loop_name: LoopName, handler: type = Lines,
+            base: type = sockserve.TCPServer, address: Any = ("127.0.0.1", 0),
+            **settings: Any) -> Any:
+    settings.setdefault("graceful_timeout", IO_TIMEOUT)
+    settings["loop_factory"] = loop_name
+    server_class = type("Server", (sockserve.PreForkMixIn, aio.AsyncMixIn, base), settings)
+    return server_class(address, handler)
+
+
+def ask(address: Any, line: bytes = b"pid\n", family: int = socket.AF_INET) -> bytes:
+    with connect(address, family) as client:
+        client.sendall(line + b"bye\n")
+        return recv_all(client)
+
+
+def test_workers_serve_async_handlers(loop_name: LoopName) -> None:
+    with serve_in_thread(prefork(loop_name, workers=2)) as server:
+        wait_for(server.is_serving, what="a worker serving")
+        pids = {int(ask(server.server_address)) for _ in range(10)}
+        wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+        assert os.getpid() not in pids
+        assert pids <= set(server.worker_pids())
+    stats = server.statistics().workers
+    assert stats.workers == 0 and stats.crashed == 0 and stats.exited == 2
+
+
+def test_unix_stream_workers(loop_name: LoopName, unix_path: str) -> None:
+    server = prefork(loop_name, base=sockserve.UnixStreamServer, address=unix_path, workers=1)
+    with serve_in_thread(server):
+        assert ask(unix_path, family=socket.AF_UNIX).strip().isdigit()
+
+
+def test_a_crashed_worker_is_replaced(loop_name: LoopName) -> None:
+    with serve_in_thread(prefork(loop_name, workers=1)) as server:
+        first = int(ask(server.server_address))
+        assert ask(server.server_address, b"crash\n") == b""
+        assert int(ask(server.server_address)) != first
+        assert server.statistics().workers.crashed == 1
+
+
+def test_shutdown_lets_the_request_in_flight_finish(loop_name: LoopName) -> None:
+    server = prefork(loop_name, workers=1)
+    with serve_in_thread(server):
+        with connect(server.server_address) as client:
+            client.sendall(b"hold\n")
+            assert client.recv(100) == b"held\n"
+            stopper = threading.Thread(target=server.shutdown)
+            stopper.start()
+            wait_for(lambda: server.statistics().workers.target == 0, what="stop to begin")
+            client.sendall(b"go\nbye\n")
+            assert recv_all(client).strip().isdigit()
+            stopper.join(IO_TIMEOUT)
+            assert not stopper.is_alive()
+    stats = server.statistics().workers
+    assert stats.exited == 1 and stats.crashed == 0
+
+
+def test_max_requests_recycles_and_the_replacement_starts_at_once(loop_name: LoopName) -> None:
+    with serve_in_thread(prefork(loop_name, workers=1, max_requests=1)) as server:
+        with connect(server.server_address) as kept:
+            replies = kept.makefile("rb")
+            kept.sendall(b"pid\n")
+            old = int(replies.readline())
+            # The old worker keeps this connection, and a replacement accepts new ones.
+            # (A loop may take a connection or two more in the passes its stop takes.)
+            wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+            assert ask(server.server_address).strip().isdigit()
+            kept.sendall(b"pid\nbye\n")
+            assert int(replies.readline()) == old
+        assert server.statistics().workers.crashed == 0
+
+
+def test_drain_reaches_the_workers_and_reports_their_connections(loop_name: LoopName) -> None:
+    with serve_in_thread(prefork(loop_name, workers=1, graceful_timeout=60.0)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"hold\n")
+            assert client.recv(100) == b"held\n"
+            report = server.drain(0.2)  # not graceful_timeout: the worker cuts at 0.2 s
+            assert recv_all(client) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert server.statistics().workers.crashed == 0
+
+
+def test_a_reload_refuses_no_connection(loop_name: LoopName) -> None:
+    # A stopping worker leaves the shared socket to the others at once: a client that
+    # connects meanwhile is served, never accepted and then dropped.
+    with serve_in_thread(prefork(loop_name, workers=2)) as server:
+        wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+        first = set(server.worker_pids())
+        replies: list[bytes] = []
+        server.reload()
+        while first & set(server.worker_pids()) and len(replies) < 2000:
+            replies.append(ask(server.server_address))
+        replies += [ask(server.server_address) for _ in range(20)]
+        assert not first & set(server.worker_pids()), "the reload did not end"
+    assert all(reply.strip().isdigit() for reply in replies), replies
+    assert server.statistics().workers.crashed == 0
+
+
+def test_a_stopping_worker_strands_no_connection_on_its_own_socket(
+        loop_name: LoopName) -> None:
+    # Its own SO_REUSEPORT socket closes when it stops accepting: connections made
+    # after that go to the other sockets of the group, not into a queue nobody reads.
+    server = prefork(loop_name, workers=1, max_requests=1, reuse_port_per_worker=True)
+    with serve_in_thread(server):
+        port = server.server_address[1]
+        wait_for(lambda: listening_sockets(port) == 2, what="the shared socket and one own")
+        with connect(server.server_address) as first:  # its last: the worker stops
+            first.sendall(b"hold\n")
+            assert first.recv(100) == b"held\n"
+            # Hashed over the sockets: all 20 missing the old worker's has odds 2**-20.
+            replies = [ask(server.server_address) for _ in range(20)]
+            first.sendall(b"go\nbye\n")
+            assert recv_all(first).strip().isdigit()
+    assert all(reply.strip().isdigit() for reply in replies), replies
+
+
+def test_async_mixin_before_prefork_is_refused_rather_than_served_without_workers() -> None:
+    with pytest.raises(TypeError, match="put PreForkMixIn before AsyncMixIn"):
+        class Server(aio.AsyncMixIn, sockserve.PreForkMixIn, sockserve.TCPServer):
+            pass
+
+
+def test_async_datagram_workers_are_refused() -> None:
+    with pytest.raises(TypeError, match="datagram"):
+        class Server(sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.UDPServer):
+            pass
