@@ -74,6 +74,7 @@ class Serving:
         self.handshakes = 0  # TLS handshakes under way
         self.created = 0  # protocols the listener made that connection_made() has not seen
         self.tasks: set[asyncio.Task[None]] = set()
+        self.inet = server.address_family in (socket.AF_INET, socket.AF_INET6)
         self._forget = self.tasks.discard  # bound once: one less object per connection
         self.spawning = False
         self.finished: asyncio.Future[None] = loop.create_future()  # serve() returned
@@ -171,6 +172,11 @@ class Serving:
         self.counters.accepted += 1
         request = transport.get_extra_info("socket")
         client_address = transport.get_extra_info("peername")
+        if client_address is None and self.inet:
+            # Reset before the loop asked for its address (uvloop): gone, and with no
+            # address the accept rules would take it for a Unix client.
+            transport.abort()
+            return
         # The accept rules, in the sync servers' order (_aio_admission).
         if server.unmap_ipv4_clients:
             client_address = unmap_client_address(client_address)

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._base import BaseServer
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
+from .address import make_listening
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixStreamServer", "UnixDatagramServer"]
 
@@ -86,8 +87,8 @@ class TCPServer(BaseServer):
         """One server on sockets bound elsewhere: ``address.bind_sockets()`` (several
         addresses), an inherited descriptor (``fd://N``, a restart, systemd).
 
-        Each socket must already be bound (and listening, for streams), all of this
-        server's type.  The first becomes ``self.socket`` (and ``server_address``), the
+        Each socket must already be bound, all of this server's type; a stream socket
+        that does not listen yet is made to (``request_queue_size``).  The first becomes ``self.socket`` (and ``server_address``), the
         others ``extra_sockets``; the server owns them all, and the Unix socket files
         among them (removed on close) unless *own_files* is False, or the collection of
         those sockets whose files it owns (not a file systemd or a parent process
@@ -95,10 +96,13 @@ class TCPServer(BaseServer):
 
         Raises:
             ValueError: no socket, or one of another type than ``socket_type``.
+            AddressError: a socket is not bound, or is a connected one.
         """
         if not socks or any(sock.type != cls.socket_type for sock in socks):
             raise ValueError(f"{cls.__name__} needs sockets of type "
                              f"{socket.SocketKind(cls.socket_type).name}")
+        for sock in socks:
+            make_listening(sock, cls.request_queue_size, f"socket {sock.fileno()}")
         server = cls(socks[0].getsockname(), RequestHandlerClass, bind_and_activate=False)
         server.socket.close()
         server.socket, server.extra_sockets = socks[0], list(socks[1:])

@@ -84,9 +84,11 @@ class AccessList:
         ``"10.0.0.0/8, ::1"`` and ``["10.0.0.0/8", "::1"]`` work.
 
         Raises:
-            AccessListError: as for the constructor.
+            AccessListError: as for the constructor, or text given for *allow* or *deny*
+                holds no entry (``--allow "$LIST"`` with the variable empty must not
+                let every client in).
         """
-        return cls(_split(allow), _split(deny), allow_unix=allow_unix)
+        return cls(_split(allow, "allow"), _split(deny, "deny"), allow_unix=allow_unix)
 
     @property
     def allow(self) -> tuple[Network, ...]:
@@ -178,10 +180,13 @@ def _parse_client(host: str) -> tuple[int, int] | None:
     return ip.version, int(ip)
 
 
-def _split(entries: str | Iterable[str]) -> list[str]:
-    if isinstance(entries, str):
-        entries = [entries]
-    return [part for entry in entries for part in _SEPARATORS.split(entry) if part]
+def _split(entries: str | Iterable[str], name: str) -> list[str]:
+    texts = [entries] if isinstance(entries, str) else list(entries)
+    parts = [part for text in texts for part in _SEPARATORS.split(text) if part]
+    if texts and not parts:
+        raise AccessListError(f"{name} text {texts!r} holds no entry (leave it out for "
+                              f"no {name} rules)")
+    return parts
 
 
 def _parse_entries(entries: Iterable[Entry], name: str) -> tuple[Network, ...]:
@@ -195,6 +200,15 @@ def _parse_entries(entries: Iterable[Entry], name: str) -> tuple[Network, ...]:
 
 
 def _parse_entry(entry: Entry) -> Network:
+    if isinstance(entry, (ipaddress.IPv4Interface, ipaddress.IPv6Interface)):
+        # An address subclass: taken as one, it would silently stand for one address
+        # or its whole network.
+        raise AccessListError(f"access list entry {entry!r} is an interface; give its "
+                              ".ip (the address) or .network")
+    address = entry.network_address if isinstance(entry, ipaddress.IPv6Network) else entry
+    if isinstance(address, ipaddress.IPv6Address) and address.scope_id:
+        raise AccessListError(f"access list entry {entry!r}: zone indexes (%…) are "
+                              "not supported")
     if isinstance(entry, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
         network: Network = entry
     elif isinstance(entry, (ipaddress.IPv4Address, ipaddress.IPv6Address)):

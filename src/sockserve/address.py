@@ -114,6 +114,8 @@ class Address:
             return f"{scheme}{host}:{self.port}"
         if self.path is not None:
             shown = "@" + self.path[1:] if self.is_abstract else self.path
+            if shown.startswith("//"):  # "unix://x" would not parse back: the URL form
+                return f"{self.kind}://{shown}"
             return f"{self.kind}:{shown}"
         return f"fd://{self.fd}"
 
@@ -333,23 +335,44 @@ def _socket_type(address: Address) -> int:
 def _adopt_fd(fd: int, backlog: int) -> socket.socket:
     sock = socket.socket(fileno=fd)  # family, type and protocol come from the kernel
     try:
-        name = sock.getsockname()
-        inet = sock.family in (socket.AF_INET, socket.AF_INET6)
-        if (inet and name[1] == 0) or (sock.family == socket.AF_UNIX and not name):
-            # listen() would bind it to a random port (or an autobind name) instead.
-            raise AddressError(f"fd://{fd} is not a bound socket")
+        make_listening(sock, backlog, f"fd://{fd}")
         # socket(fileno=) reports the default timeout but keeps the descriptor's
         # O_NONBLOCK flag (CPython's init_sockobject); make the two agree.
         sock.settimeout(socket.getdefaulttimeout())
         # As for the sockets Python makes: processes a handler starts must not keep
         # the listening socket open.
         sock.set_inheritable(False)
-        if sock.type == socket.SOCK_STREAM and not _is_listening(sock):
-            sock.listen(backlog)
     except BaseException:
         sock.detach()  # not adopted after all: the descriptor stays the caller's
         raise
     return sock
+
+
+def make_listening(sock: socket.socket, backlog: int, name: str) -> None:
+    """Check that *sock* (made elsewhere) is bound, and make a stream socket listen if it
+    does not yet; nothing else about it changes.
+
+    Raises:
+        AddressError: it is not bound (``listen()`` would bind it to a random port or
+            an autobind name), or it is a connected stream socket (systemd's
+            ``Accept=yes`` passes those; a server needs ``Accept=no``).
+        OSError: ``listen()`` failed.
+    """
+    local = sock.getsockname()
+    inet = sock.family in (socket.AF_INET, socket.AF_INET6)
+    if (inet and local[1] == 0) or (sock.family == getattr(socket, "AF_UNIX", None)
+                                    and not local):
+        raise AddressError(f"{name} is not a bound socket")
+    if sock.type != socket.SOCK_STREAM or _is_listening(sock):
+        return
+    try:
+        peer = sock.getpeername()
+    except OSError:
+        peer = None
+    if peer is not None:
+        raise AddressError(f"{name} is a connected socket (to {peer!r}), not one to "
+                           "listen on (systemd: Accept=no)")
+    sock.listen(backlog)
 
 
 def _is_listening(sock: socket.socket) -> bool:
@@ -444,6 +467,7 @@ def _bind_each(infos: list[Any], port: int, options: _Options,
     sockets: list[socket.socket] = []
     seen: set[tuple[int, Any]] = set()
     bound_port: int | None = None
+    unavailable: OSError | None = None
     try:
         for family, kind, proto, _, sockaddr in infos:
             if family not in (socket.AF_INET, socket.AF_INET6) or (family, sockaddr) in seen:
@@ -459,7 +483,11 @@ def _bind_each(infos: list[Any], port: int, options: _Options,
             sockets.append(sock)
             if family == socket.AF_INET6 and hasattr(socket, "IPV6_V6ONLY"):
                 # Its IPv4 twin is bound separately; without this the two would collide.
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                # An IPv4-mapped address (::ffff:a.b.c.d) is an IPv4 one: the kernel
+                # binds it only on a socket that takes IPv4.
+                mapped = ipaddress.IPv6Address(sockaddr[0].split("%")[0]).ipv4_mapped
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY,
+                                0 if mapped is not None else 1)
             shared = port == 0 and bound_port is not None
             if shared:
                 sockaddr = (sockaddr[0], bound_port, *sockaddr[2:])
@@ -468,10 +496,20 @@ def _bind_each(infos: list[Any], port: int, options: _Options,
             except OSError as exc:
                 if shared and may_retry and exc.errno == errno.EADDRINUSE:
                     raise _SharedPortTaken() from exc
-                raise
+                if family != socket.AF_INET6 or exc.errno != errno.EADDRNOTAVAIL:
+                    raise
+                # A name that resolves to an IPv6 address this host does not have
+                # (localhost's ::1 in a container without IPv6): serve the others.
+                logger.debug("skipping %s: %s", sockaddr[0], exc)
+                sockets.remove(sock)
+                sock.close()
+                unavailable = exc
+                continue
             if bound_port is None:
                 bound_port = sock.getsockname()[1]
         if not sockets:
+            if unavailable is not None:
+                raise unavailable
             raise OSError(errno.EAFNOSUPPORT, "no resolved address has a supported family")
     except BaseException:
         for sock in sockets:

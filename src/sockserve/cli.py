@@ -202,6 +202,10 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
     if (args.tls_key or args.tls_client_ca) and not args.tls_cert:
         raise SockServeError("--tls-key and --tls-client-ca need --tls-cert")
     args.model = choose_model(handler, args.model)
+    # What the options can get wrong, before anything is bound.
+    access_list = AccessList.from_strings(args.allow, args.deny) \
+        if args.allow or args.deny else None
+    ssl_context = _tls_context(args) if args.tls_cert else None
     inherited = inherited_listen_sockets()
     socks = [socket.socket(fileno=fd) for fd in inherited.fds]
     # Unix socket files are the server's to remove if this process made them, or took
@@ -222,26 +226,24 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
         if args.tls_cert and socks[0].type != socket.SOCK_STREAM:
             raise SockServeError("TLS needs stream sockets (there is no DTLS)")
         model_class = server_class_for(socks[0], args.model, handler_kind(handler))
+        settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
+                                    "reuse_port_per_worker": args.reuse_port,
+                                    "worker_cpu_affinity": args.cpu_affinity,
+                                    "unmap_ipv4_clients": True}
+        for name in ("max_connections", "idle_timeout", "read_timeout", "write_timeout",
+                     "connection_lifetime", "drain_timeout", "max_connections_per_ip"):
+            if getattr(args, name) is not None:
+                settings[name] = getattr(args, name)
+        server_class: Any = production(model_class, **settings)
+        server = server_class.from_sockets(socks, handler, own_files=owned)
     except BaseException:
         for sock in socks:
             if any(sock is mine for mine in owned) and not inherited.from_restart:
                 _remove_socket_file(sock)
             sock.close()
         raise
-    settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
-                                "reuse_port_per_worker": args.reuse_port,
-                                "worker_cpu_affinity": args.cpu_affinity,
-                                "unmap_ipv4_clients": True}
-    for name in ("max_connections", "idle_timeout", "read_timeout", "write_timeout",
-                 "connection_lifetime", "drain_timeout", "max_connections_per_ip"):
-        if getattr(args, name) is not None:
-            settings[name] = getattr(args, name)
-    server_class: Any = production(model_class, **settings)
-    server = server_class.from_sockets(socks, handler, own_files=owned)
-    if args.allow or args.deny:
-        server.access_list = AccessList.from_strings(args.allow, args.deny)
-    if args.tls_cert:
-        server.ssl_context = _tls_context(args)
+    server.access_list = access_list
+    server.ssl_context = ssl_context
     return server
 
 

@@ -10,6 +10,7 @@ import logging
 import socket
 
 from ._handlers import DatagramRequestHandler, StreamRequestHandler
+from .address import display_client_address
 
 logger = logging.getLogger("sockserve.echo")
 
@@ -19,7 +20,7 @@ class UpperEchoHandler(StreamRequestHandler):
 
     def handle(self) -> None:
         for line in self.rfile:
-            logger.info("%s wrote: %r", self.client_address[0], line.strip())
+            logger.info("%s wrote: %r", display_client_address(self.client_address), line.strip())
             self.wfile.write(line.strip().upper() + b"\n")
 
 
@@ -28,7 +29,7 @@ class UpperEchoDatagramHandler(DatagramRequestHandler):
 
     def handle(self) -> None:
         data = self.rfile.read().strip()
-        logger.info("%s wrote: %r", self.client_address[0], data)
+        logger.info("%s wrote: %r", display_client_address(self.client_address), data)
         self.wfile.write(data.upper())
 
 

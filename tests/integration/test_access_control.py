@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import socket
+import struct
 from typing import Any
 
 import pytest
 
 import sockserve
+from sockserve import aio
 from sockserve.access import AccessList
 from sockserve.address import bind_sockets
 from sockserve.testing import serve_in_thread
@@ -101,3 +103,49 @@ def test_dual_stack_datagram_replies_reach_clients_shown_as_ipv4() -> None:
             client.sendto(b"direct", ("127.0.0.1", server.server_address[1]))
             assert client.recv(100) == b"direct"  # the handler's own sendto()
             assert client.recv(100).startswith(b"('127.0.0.1', ")  # finish()'s reply
+
+
+def reset_while_waiting(address: Any) -> None:
+    """A client from 127.0.0.1 that resets its connection while it waits in the backlog."""
+    client = socket.socket()
+    client.settimeout(IO_TIMEOUT)
+    client.connect(address)
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    client.close()
+
+
+class AsyncWhoAmI(aio.AsyncStreamRequestHandler):
+    seen: list[Any] = []
+
+    async def handle(self) -> None:
+        self.seen.append(self.client_address)
+        self.writer.write(repr(self.client_address).encode())
+
+
+class Seen(WhoAmI):
+    seen: list[Any] = []
+
+    def handle(self) -> None:
+        self.seen.append(self.client_address)
+        super().handle()
+
+
+@pytest.mark.parametrize("loop", [None, "asyncio", "uvloop"])
+def test_a_denied_client_that_reset_never_reaches_a_handler(loop: str | None) -> None:
+    # uvloop gives such a connection no peer address, which the rules took for a Unix
+    # client's: allowed.
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    handler: Any = Seen if loop is None else AsyncWhoAmI
+    handler.seen = []
+    sock = socket.create_server(("127.0.0.1", 0))
+    server: Any = (sockserve.ThreadingTCPServer.from_socket(sock, handler) if loop is None
+                   else aio.AsyncTCPServer.from_socket(sock, handler))
+    if loop is not None:
+        server.loop_factory = loop
+    server.access_list = AccessList(deny=["127.0.0.1"])
+    reset_while_waiting(sock.getsockname())  # queued before serving starts
+    with serve_in_thread(server):
+        # Accepted after the reset one, so served after it.
+        assert ask(sock.getsockname(), "127.0.0.2").startswith(b"('127.0.0.2'")
+    assert [address[0] for address in handler.seen] == ["127.0.0.2"]

@@ -16,7 +16,9 @@ from typing import Any
 
 import pytest
 
+import sockserve
 from sockserve import address as address_module
+from sockserve import aio
 from sockserve.address import (
     AddressError,
     bind_sockets,
@@ -24,7 +26,8 @@ from sockserve.address import (
     parse_address,
     unmap_client_address,
 )
-from tests.helpers import IO_TIMEOUT, connect
+from sockserve.testing import serve_in_thread
+from tests.helpers import IO_TIMEOUT, connect, recv_all
 
 
 def _ipv6_loopback_works() -> bool:
@@ -440,3 +443,83 @@ def test_fd_of_an_unbound_unix_socket_is_refused() -> None:
         with pytest.raises(AddressError, match="not a bound socket"):
             bind_sockets(f"fd://{unbound.fileno()}")
         os.fstat(unbound.fileno())
+
+
+def test_an_ipv4_mapped_literal_binds_and_takes_ipv4_clients() -> None:
+    socks = bind_sockets("[::ffff:127.0.0.1]:0")
+    try:
+        with connect(("127.0.0.1", socks[0].getsockname()[1])):
+            pass
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_a_name_with_an_ipv6_address_this_host_lacks_binds_the_others(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Docker without IPv6: /etc/hosts gives localhost ::1 too, and binding it fails.
+    # The resolver's answer is made up here (2001:db8::/32 is never assigned); the
+    # binding is real.
+    real = socket.getaddrinfo
+
+    def resolve(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "localhost":
+            return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port)),
+                    (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2001:db8::1", port, 0, 0))]
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    socks = bind_sockets("localhost:0")
+    try:
+        assert [sock.family for sock in socks] == [socket.AF_INET]
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_adopting_a_connected_socket_is_refused_and_leaves_its_flags_alone() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            connect(listener.getsockname()) as client:
+        conn, _ = listener.accept()
+        with conn:
+            fd = conn.fileno()
+            conn.setblocking(False)
+            os.set_inheritable(fd, True)
+            with pytest.raises(AddressError, match="connected socket"):
+                bind_sockets(f"fd://{fd}")
+            assert os.get_blocking(fd) is False
+            assert os.get_inheritable(fd) is True
+
+
+class Ok(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(b"ok")
+
+
+class AsyncOk(aio.AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        self.writer.write(b"ok")
+
+
+@pytest.mark.parametrize("loop", [None, "asyncio", "uvloop"])
+def test_from_socket_makes_a_bound_stream_socket_listen(loop: str | None) -> None:
+    if loop == "uvloop":
+        pytest.importorskip("uvloop")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server: Any = (sockserve.TCPServer.from_socket(sock, Ok) if loop is None else
+                   aio.AsyncTCPServer.from_socket(sock, AsyncOk))
+    if loop is not None:
+        server.loop_factory = loop
+    with serve_in_thread(server), connect(sock.getsockname()) as client:
+        assert recv_all(client) == b"ok"
+
+
+def test_from_socket_refuses_an_unbound_or_connected_socket() -> None:
+    with socket.socket() as unbound, pytest.raises(AddressError, match="not a bound"):
+        sockserve.TCPServer.from_socket(unbound, Ok)
+    with socket.create_server(("127.0.0.1", 0)) as listener, \
+            connect(listener.getsockname()):
+        conn, _ = listener.accept()
+        with conn, pytest.raises(AddressError, match="connected socket"):
+            sockserve.TCPServer.from_socket(conn, Ok)

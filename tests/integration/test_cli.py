@@ -179,3 +179,14 @@ def test_a_refused_address_mix_leaves_no_socket_file(tmp_path: Path,
                  "--bind", "127.0.0.1:0"]) == 1
     assert "do not mix" in capsys.readouterr().err
     assert not os.path.exists(path)
+
+
+@pytest.mark.parametrize("allow,message", [("10.0.0.1/8", "has host bits set"),
+                                           ("", "holds no entry")])
+def test_a_bad_allow_list_is_refused_before_anything_is_bound(
+        tmp_path: Path, allow: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "s.sock"
+    assert main(["serve", "sockserve.echo:UpperEchoHandler", "--bind", f"unix:{path}",
+                 "--allow", allow]) == 1
+    assert message in capsys.readouterr().err
+    assert not path.exists()

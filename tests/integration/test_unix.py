@@ -94,3 +94,13 @@ def test_abstract_namespace_socket(unix_path: str) -> None:
     with serve_in_thread(sockserve.UnixStreamServer(name, Echo)) as server:
         assert server.server_address == name.encode()
         assert echo_once(name) == b"hi\n"
+
+
+def test_the_echo_demo_serves_unix_clients(unix_path: str) -> None:
+    from sockserve.echo import UpperEchoHandler
+
+    with serve_in_thread(sockserve.ThreadingUnixStreamServer(unix_path, UpperEchoHandler)):
+        with connect(unix_path, socket.AF_UNIX) as client:
+            client.sendall(b"hi\n")
+            client.shutdown(socket.SHUT_WR)
+            assert recv_all(client) == b"HI\n"

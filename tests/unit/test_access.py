@@ -122,7 +122,7 @@ def test_from_strings_splits_on_commas_and_spaces() -> None:
     assert [str(n) for n in rules.deny] == ["10.1.0.0/16", "10.2.0.0/16"]
     assert rules == AccessList(["10.0.0.0/8", "192.168.0.0/16", "::1"],
                                ["10.1.0.0/16", "10.2.0.0/16"])
-    assert AccessList.from_strings("", allow_unix=False) == AccessList(allow_unix=False)
+    assert AccessList.from_strings([], allow_unix=False) == AccessList(allow_unix=False)
 
 
 @pytest.mark.parametrize("entry, message", [
@@ -244,3 +244,28 @@ def test_mapped_and_plain_ipv4_clients_get_the_same_answer(
     half = len(networks) // 2
     rules = AccessList(allow=networks[:half], deny=networks[half:])
     assert rules.check(_client(ip)) == rules.check((f"::ffff:{ip}", 1234, 0, 0))
+
+
+@pytest.mark.parametrize("entry", [ipaddress.IPv6Network("fe80::%eth0/64"),
+                                   ipaddress.IPv6Address("fe80::1%eth0")])
+def test_a_zone_is_refused_in_ipaddress_objects_too(entry: object) -> None:
+    with pytest.raises(AccessListError, match="zone"):
+        AccessList(allow=[entry])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("entry", [ipaddress.IPv4Interface("10.0.0.0/8"),
+                                   ipaddress.IPv6Interface("2001:db8::1/64")])
+def test_an_interface_is_refused_rather_than_read_as_its_address_or_network(
+        entry: object) -> None:
+    with pytest.raises(AccessListError, match="interface"):
+        AccessList(allow=[entry])  # type: ignore[list-item]
+
+
+@pytest.mark.parametrize("text", ["", " ", ",", ", ,"])
+def test_allow_text_without_an_entry_is_refused_rather_than_letting_everyone_in(
+        text: str) -> None:
+    with pytest.raises(AccessListError, match="holds no entry"):
+        AccessList.from_strings(allow=text)
+    with pytest.raises(AccessListError, match="holds no entry"):
+        AccessList.from_strings(deny=[text])
+    assert AccessList.from_strings(allow=[]) == AccessList()  # none given: no rules

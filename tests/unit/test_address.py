@@ -263,3 +263,9 @@ def test_any_text_parses_or_raises_address_error(text: str) -> None:
     except AddressError:
         return
     assert parse_address(str(address)) == address
+
+
+def test_a_unix_path_starting_with_two_slashes_reads_back() -> None:
+    address = parse_address("unix:////tmp/x.sock")  # the URL spelling of //tmp/x.sock
+    assert address.path == "//tmp/x.sock"
+    assert parse_address(str(address)) == address
