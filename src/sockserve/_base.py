@@ -182,6 +182,7 @@ class BaseServer:
                 self.__waker.close()
                 self.__waker = None
             self.__shutdown_request = False
+            self.__accept_backlog_on_stop = False  # a drain(backlog=True) is this loop's
             self.__is_shut_down.set()
             # Last: until here, a shutdown() on this thread (a signal handler running
             # during this cleanup) must see that the loop is its own and not wait.
@@ -452,14 +453,24 @@ class BaseServer:
         if self.access_list is not None and not self.access_list.check(client_address):
             self._sockserve_counters.denied += 1
             logger.info("access denied to %s", client_address)
-            self.shutdown_request(request)
+            self._sockserve_end(request)
             return
         if getattr(self, "socket_type", None) == socket.SOCK_STREAM and \
                 not self.__admit(request, client_address):
             return
-        if not self.verify_request(request, client_address):
+        try:
+            verified = self.verify_request(request, client_address)
+        except Exception:
+            # The stdlib lets this end serve_forever(); the async servers and every
+            # handler error keep serving the others.
+            self.handle_error(request, client_address)
+            verified = False
+        except BaseException:
+            self._sockserve_end(request)
+            raise
+        if not verified:
             self._sockserve_counters.denied += 1
-            self.shutdown_request(request)
+            self._sockserve_end(request)
         elif self.ssl_context is not None:
             self.__start_tls(request, client_address)
         else:
@@ -494,7 +505,7 @@ class BaseServer:
                 # to it, so it is only closed.
             except OSError:
                 pass  # gone, or its buffer is full: it is closed anyway
-        self.shutdown_request(request)
+        self._sockserve_end(request)
 
     def __dispatch(self, request: Any, client_address: Any) -> None:
         """process_request(), with the stdlib's error handling around it."""
@@ -502,9 +513,9 @@ class BaseServer:
             self.process_request(request, client_address)
         except Exception:
             self.handle_error(request, client_address)
-            self.shutdown_request(request)
+            self._sockserve_end(request)
         except BaseException:
-            self.shutdown_request(request)
+            self._sockserve_end(request)
             raise
 
     def __start_tls(self, request: Any, client_address: Any) -> None:
@@ -572,7 +583,16 @@ class BaseServer:
     def process_request(self, request: Any, client_address: Any) -> None:
         """Run the handler (the mix-ins override this to use threads or processes)."""
         self.finish_request(request, client_address)
-        self.shutdown_request(request)
+        self._sockserve_end(request)
+
+    def _sockserve_end(self, request: Any) -> None:
+        """``shutdown_request()``, then forget the connection, even when an override
+        of ``shutdown_request()`` or ``close_request()`` (as the stdlib allows) does not
+        call the base one that does."""
+        try:
+            self.shutdown_request(request)
+        finally:
+            self._sockserve_connections.release(request)
 
     def server_close(self) -> None:
         """Clean up the server; may be overridden."""

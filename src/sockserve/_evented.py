@@ -203,7 +203,7 @@ class _Connection:
         except Exception:
             self.server.handle_error(self.sock, self.handler.client_address)
         finally:
-            self.server.shutdown_request(self.sock)
+            self.server._sockserve_end(self.sock)
 
 
 class EventedMixIn(_ConcurrencyMixIn):

@@ -65,7 +65,7 @@ class GreenMixIn(_ConcurrencyMixIn):
         try:
             hub.submit(green, lambda sock: self.process_request_greenlet(sock, client_address))
         except BaseException:
-            self.shutdown_request(green)  # *request* is detached: end the connection here
+            self._sockserve_end(green)  # *request* is detached: end the connection here
             raise
 
     def process_request_greenlet(self, request: Any, client_address: Any) -> None:

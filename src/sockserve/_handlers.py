@@ -79,8 +79,12 @@ class StreamRequestHandler(BaseRequestHandler):
                 self.wfile.flush()
             except OSError:
                 pass  # the peer is gone (e.g. ECONNABORTED); nothing left to deliver
-        self.wfile.close()
-        self.rfile.close()
+        try:
+            self.wfile.close()  # a buffered file tries to flush again: as above
+        except OSError:
+            pass
+        finally:
+            self.rfile.close()
 
 
 class _SocketWriter(io.BufferedIOBase):

@@ -14,6 +14,7 @@ import warnings
 from typing import TYPE_CHECKING, Any
 
 from ._server import BaseServer, TCPServer, UDPServer
+from .stats import DrainReport
 
 # Mix-ins are used with a server class; type-check them as if they had it as base.
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ def run_request(server: BaseServer, request: Any, client_address: Any) -> None:
     except Exception:
         server.handle_error(request, client_address)
     finally:
-        server.shutdown_request(request)
+        server._sockserve_end(request)
 
 
 if hasattr(os, "fork"):
@@ -71,6 +72,12 @@ if hasattr(os, "fork"):
         max_children = 40
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
+        # While a drain waits for the children's connections: how often it reaps.
+        _sockserve_reap_interval = 0.05
+        # pid -> the parent's copy of that child's connection: it stays open (and in
+        # the connection registry) until the child is reaped, so the limits count it
+        # and a drain can cut it (shutdown() acts on the connection, not one copy).
+        _sockserve_child_connections: dict[int, socket.socket] | None = None
 
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap exited children; above ``max_children``, wait until one exits."""
@@ -81,19 +88,47 @@ if hasattr(os, "fork"):
             while len(self.active_children) >= self.max_children:
                 try:
                     pid, _ = os.waitpid(-1, 0)
-                    self.active_children.discard(pid)
+                    self._sockserve_child_ended(pid)
                 except ChildProcessError:
-                    self.active_children.clear()  # no children left at all
+                    for pid in self.active_children.copy():  # no children left at all
+                        self._sockserve_child_ended(pid)
                 except OSError:
                     break
             for pid in self.active_children.copy():
                 try:
                     reaped, _ = os.waitpid(pid, 0 if blocking else os.WNOHANG)
-                    self.active_children.discard(reaped)  # 0 (still running) is no member
+                    if reaped:  # 0: still running
+                        self._sockserve_child_ended(reaped)
                 except ChildProcessError:
-                    self.active_children.discard(pid)  # somebody else reaped it
+                    self._sockserve_child_ended(pid)  # somebody else reaped it
                 except OSError:
                     pass
+
+        def _sockserve_child_ended(self, pid: int) -> None:
+            if self.active_children is not None:
+                self.active_children.discard(pid)
+            copy = (self._sockserve_child_connections or {}).pop(pid, None)
+            if copy is not None:
+                self._sockserve_connections.release(copy)
+                copy.close()
+
+        def _sockserve_finish_connections(self, timeout: float | None,
+                                          counts_before: tuple[int, int] | None = None
+                                          ) -> DrainReport:
+            # A child's connection is released when the child is reaped: reap meanwhile.
+            done = threading.Event()
+
+            def reap() -> None:
+                while not done.wait(self._sockserve_reap_interval):
+                    self.collect_children()
+
+            reaper = threading.Thread(target=reap, name="sockserve-reap", daemon=True)
+            reaper.start()
+            try:
+                return super()._sockserve_finish_connections(timeout, counts_before)
+            finally:
+                done.set()
+                reaper.join()
 
         def handle_timeout(self) -> None:
             """Reap children after ``timeout`` seconds of inactivity."""
@@ -110,24 +145,42 @@ if hasattr(os, "fork"):
                 if self.active_children is None:
                     self.active_children = set()
                 self.active_children.add(pid)
+                self._sockserve_keep_for_child(pid, request)
                 self.close_request(request)
                 return
             # The child must never return into the server loop: os._exit() in finally.
             status = 1
             try:
+                for copy in (self._sockserve_child_connections or {}).values():
+                    copy.close()  # its siblings' connections are not this process's
                 self.finish_request(request, client_address)
                 status = 0
             except Exception:
                 self.handle_error(request, client_address)
             finally:
                 try:
-                    self.shutdown_request(request)
+                    self._sockserve_end(request)
                 finally:
                     os._exit(status)
+
+        def _sockserve_keep_for_child(self, pid: int, request: Any) -> None:
+            """Keep a copy of the connection the child *pid* serves (stream servers)."""
+            if not isinstance(request, socket.socket):
+                return  # a datagram: no connection
+            copy = socket.socket(fileno=os.dup(request.fileno()))
+            if self._sockserve_child_connections is None:
+                self._sockserve_child_connections = {}
+            self._sockserve_child_connections[pid] = copy
+            self._sockserve_connections.replace(request, copy)
 
         def server_close(self) -> None:
             super().server_close()
             self.collect_children(blocking=self.block_on_close)
+            # Children left running (block_on_close = False) keep their own copies.
+            copies, self._sockserve_child_connections = self._sockserve_child_connections, {}
+            for copy in (copies or {}).values():
+                self._sockserve_connections.release(copy)
+                copy.close()
 
 
 class _RunningThreads:

@@ -12,7 +12,9 @@ like the stdlib.
 - write timeout: how long one write may take (a client that does not read);
 - connection lifetime: a deadline for everything on the connection;
 - max line length: the longest line ``readline()`` returns, newline included; a
-  longer one raises ``LineTooLong`` instead of buffering without bound.
+  longer one raises ``LineTooLong`` instead of buffering without bound
+  (``readline(size)`` returns at most one byte more than the limit, and the caller
+  judges, as http.server does).
 Running out of time raises ``TimeoutError`` in the handler, which ends the request
 through the usual error handling (logged; the connection is closed).
 """
@@ -68,23 +70,34 @@ class StreamLimits:
 
 
 class _GuardedSocketIO(socket.SocketIO):
-    """The raw file under the buffered ones: sets the socket timeout per system call."""
+    """The raw file under the buffered ones: sets the socket timeout per system call,
+    and puts the handler's own back after it (``self.request`` used directly keeps
+    only that one)."""
 
     def __init__(self, sock: socket.socket, mode: Literal["rb", "wb"],
                  limits: StreamLimits) -> None:
         super().__init__(sock, mode)
+        # A reference, as socket.makefile() takes: a handler's self.request.close()
+        # then leaves the descriptor open until the files close (finish() flushes).
+        sock._io_refs += 1  # type: ignore[attr-defined]
         self._socket = sock  # SocketIO keeps it as _sock, which typeshed does not declare
         self._limits = limits
         self.call_deadline: float | None = None  # set once a read call has data
         self.base_timeout = sock.gettimeout()  # the handler's own `timeout`, if any
+        self._write_failed: str | None = None  # a write timed out: data was lost
 
     def _wait(self, timeout: float | None, reason: str) -> str:
         """Set the socket timeout for one system call; returns what expiry means."""
         if self.base_timeout is not None and (timeout is None or self.base_timeout < timeout):
             timeout, reason = self.base_timeout, "timed out"  # the handler's own timeout
         timeout, reason = self._limits.bound(timeout, reason)
-        self._socket.settimeout(timeout)
+        if timeout != self.base_timeout:
+            self._socket.settimeout(timeout)
         return reason
+
+    def _restore(self) -> None:
+        if self._socket.gettimeout() != self.base_timeout and self._socket.fileno() >= 0:
+            self._socket.settimeout(self.base_timeout)
 
     def readinto(self, b: Any) -> int:
         if self.call_deadline is None:
@@ -98,19 +111,43 @@ class _GuardedSocketIO(socket.SocketIO):
             count: int = super().readinto(b)  # type: ignore[assignment]
         except TimeoutError as exc:
             raise TimeoutError(reason) from exc
+        finally:
+            self._restore()
         if count and self.call_deadline is None and self._limits.read_timeout is not None:
             self.call_deadline = time.monotonic() + self._limits.read_timeout
         return count
 
     def write(self, b: Any) -> int:
+        if self._write_failed is not None:
+            # Part of the stream is lost: nothing after it may go out, and the client
+            # that did not read does not get to hold the thread again (finish()).
+            raise TimeoutError(self._write_failed)
         # sendall() counts its timeout for the whole call (Python 3.5+).
         reason = self._wait(self._limits.write_timeout, "write timeout")
         try:
             self._socket.sendall(b)
         except TimeoutError as exc:
+            self._write_failed = reason
             raise TimeoutError(reason) from exc
+        finally:
+            self._restore()
         with memoryview(b) as view:
             return view.nbytes
+
+
+def _bounded_readline(readline: Any, size: int | None, limit: int | None) -> bytes:
+    """*readline(size)* under the line limit: an unbounded call raises ``LineTooLong``
+    past it; one with a size gets at most ``limit + 1`` bytes and judges the length
+    itself, as http.server and http.client do (``readline(65537)``, then 414/431)."""
+    if limit is None:
+        return readline(size)  # type: ignore[no-any-return]
+    if size is not None and size >= 0:
+        return readline(min(size, limit + 1))  # type: ignore[no-any-return]
+    line: bytes = readline(limit + 1)
+    if len(line) > limit:
+        raise LineTooLong(f"line longer than max_line_length ({limit} bytes, "
+                          "newline included)")
+    return line
 
 
 class GuardedReader(io.BufferedReader):
@@ -125,14 +162,7 @@ class GuardedReader(io.BufferedReader):
 
     def readline(self, size: int | None = -1) -> bytes:
         self.raw.call_deadline = None
-        limit = self._max_line
-        if limit is None or (size is not None and 0 <= size <= limit):
-            return super().readline(size)
-        line = super().readline(limit + 1)
-        if len(line) > limit:
-            raise LineTooLong(f"line longer than max_line_length ({limit} bytes, "
-                              "newline included)")
-        return line
+        return _bounded_readline(super().readline, size, self._max_line)
 
     def read(self, size: int | None = -1) -> bytes:
         self.raw.call_deadline = None
@@ -146,13 +176,38 @@ class GuardedReader(io.BufferedReader):
         self.raw.call_deadline = None
         return super().readinto(b)
 
+    def readinto1(self, b: Any) -> int:
+        self.raw.call_deadline = None
+        return super().readinto1(b)
+
+    def peek(self, size: int = 0) -> bytes:
+        self.raw.call_deadline = None
+        return super().peek(size)
+
+
+class UnbufferedGuardedReader(_GuardedSocketIO):
+    """``rfile`` for ``rbufsize = 0``, as ``socket.makefile("rb", 0)``: nothing is read
+    ahead, so what follows a line stays in the socket for the handler (a CGI script's
+    body, a proxied stream)."""
+
+    def __init__(self, sock: socket.socket, limits: StreamLimits) -> None:
+        super().__init__(sock, "rb", limits)
+
+    def readline(self, size: int | None = -1) -> bytes:
+        self.call_deadline = None
+        return _bounded_readline(super().readline, size, self._limits.max_line_length)
+
+    def read(self, size: int | None = -1) -> bytes | None:
+        self.call_deadline = None
+        return super().read(-1 if size is None else size)
+
 
 def guarded_files(sock: socket.socket, limits: StreamLimits, rbufsize: int,
                   wbufsize: int) -> tuple[io.BufferedIOBase, Any]:
     """``(rfile, wfile)`` for a handler, with *limits* enforced on every system call."""
-    reader = GuardedReader(_GuardedSocketIO(sock, "rb", limits),
-                           rbufsize if rbufsize > 0 else io.DEFAULT_BUFFER_SIZE,
-                           limits.max_line_length)
+    reader: Any = UnbufferedGuardedReader(sock, limits) if rbufsize == 0 else GuardedReader(
+        _GuardedSocketIO(sock, "rb", limits),
+        rbufsize if rbufsize > 0 else io.DEFAULT_BUFFER_SIZE, limits.max_line_length)
     raw_writer = _GuardedSocketIO(sock, "wb", limits)
     if wbufsize == 0:
         return reader, raw_writer  # each write() sends everything, like _SocketWriter

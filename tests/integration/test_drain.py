@@ -192,3 +192,37 @@ def test_draining_is_cleared_when_serving_starts_again() -> None:
         assert not server.draining.is_set()
         server.shutdown()
         again.join(IO_TIMEOUT)
+
+
+def test_a_drain_with_backlog_does_not_make_a_later_shutdown_serve_the_backlog() -> None:
+    release = threading.Event()
+    served: list[bytes] = []
+
+    class Holds(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            served.append(self.rfile.readline())
+            self.wfile.write(b"in\n")
+            self.wfile.flush()
+            release.wait(IO_TIMEOUT)
+
+    server = sockserve.TCPServer(("127.0.0.1", 0), Holds)
+    try:
+        loop = serve(server)
+        server.drain(IO_TIMEOUT, backlog=True)  # nothing waits: a drain like any other
+        loop.join(IO_TIMEOUT)
+        loop = serve(server)
+        with connect(server.server_address) as first, \
+                connect(server.server_address) as waiting:
+            first.sendall(b"first\n")
+            assert first.recv(10) == b"in\n"  # the serial loop is held
+            waiting.sendall(b"late\n")
+            stopper = threading.Thread(target=server.shutdown)
+            stopper.start()
+            wait_for(lambda: not server.is_serving(), what="shutdown() to be asked")
+            release.set()
+            stopper.join(IO_TIMEOUT)
+            loop.join(IO_TIMEOUT)
+        assert served == [b"first\n"]
+    finally:
+        release.set()
+        server.server_close()

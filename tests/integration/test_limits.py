@@ -217,3 +217,126 @@ def test_oversized_datagrams_are_dropped_logged_and_counted(
                 client.sendto(b"x" * 50, server.server_address)
                 assert client.recv(10) == b"50"
     assert any("longer than max_packet_size" in r.getMessage() for r in caplog.records)
+
+
+# -- the guarded rfile/wfile (any limit set) behave as socket.makefile()'s ------------
+
+def limited(handler: type, **settings: Any) -> Any:
+    settings.setdefault("idle_timeout", 30.0)  # any limit: the guarded files
+    return serve_in_thread(make(handler, **settings))
+
+
+def test_an_unbuffered_rfile_leaves_what_follows_a_line_in_the_socket() -> None:
+    class Tunnel(sockserve.StreamRequestHandler):
+        rbufsize = 0  # as http.server's CGI handler, which hands the rest to a script
+
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.request.sendall(self.request.recv(100))
+
+    with limited(Tunnel, max_line_length=100) as server, connect(server.server_address) as c:
+        c.sendall(b"CONNECT\nraw bytes")
+        assert c.recv(100) == b"raw bytes"
+
+
+def test_closing_the_socket_in_handle_still_sends_the_buffered_reply() -> None:
+    class CloseEarly(sockserve.StreamRequestHandler):
+        wbufsize = -1
+
+        def handle(self) -> None:
+            self.rfile.readline()
+            self.wfile.write(b"reply\n")
+            self.request.close()  # the files keep it open until finish() flushed
+
+    with limited(CloseEarly) as server, connect(server.server_address) as client:
+        client.sendall(b"q\n")
+        assert recv_all(client) == b"reply\n"
+
+
+def test_self_request_keeps_the_handlers_own_timeout_between_file_calls() -> None:
+    seen: list[Any] = []
+
+    class Direct(sockserve.StreamRequestHandler):
+        timeout = 7.0
+
+        def handle(self) -> None:
+            self.rfile.readline()
+            seen.append(self.request.gettimeout())
+            self.wfile.write(b"ok\n")
+            self.wfile.flush()
+            seen.append(self.request.gettimeout())
+
+    with limited(Direct, idle_timeout=0.5, write_timeout=0.25) as server, \
+            connect(server.server_address) as client:
+        client.sendall(b"q\n")
+        assert recv_all(client) == b"ok\n"
+    assert seen == [7.0, 7.0]
+
+
+def test_peek_after_a_slow_pause_gets_a_fresh_read_deadline() -> None:
+    result: list[Any] = []
+
+    class Peek(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()  # starts a read deadline of 0.1 s for this call
+            self.wfile.write(b"ok\n")
+            self.wfile.flush()
+            time.sleep(0.2)  # slow work between requests, longer than read_timeout
+            try:
+                result.append(self.rfile.peek(1)[:1])  # type: ignore[attr-defined]
+            except OSError as exc:
+                result.append(exc)
+
+    with limited(Peek, read_timeout=0.1) as server, connect(server.server_address) as c:
+        c.sendall(b"a\n")
+        assert c.recv(10) == b"ok\n"
+        c.sendall(b"b\n")
+        assert recv_all(c) == b""
+    assert result == [b"b"]
+
+
+def test_nothing_goes_out_after_a_write_timed_out() -> None:
+    # Part of the stream is lost: later bytes would arrive after a gap. And finish()
+    # neither waits for the client again nor skips closing rfile.
+    timed_out = threading.Event()
+    after: list[Any] = []
+
+    class Flood(sockserve.StreamRequestHandler):
+        wbufsize = -1
+
+        def handle(self) -> None:
+            try:
+                while True:
+                    self.wfile.write(b"x" * 4096)
+            except TimeoutError:
+                timed_out.set()
+            try:
+                self.wfile.write(b"AFTER")
+                self.wfile.flush()
+            except TimeoutError as exc:
+                after.append(exc)
+
+        def finish(self) -> None:
+            super().finish()
+            after.append(self.rfile.closed)
+
+    with limited(Flood, write_timeout=0.2) as server, connect(server.server_address) as c:
+        assert timed_out.wait(IO_TIMEOUT)
+        assert b"AFTER" not in recv_all(c)  # read only once the handler gave up
+    assert [type(a) for a in after] == [TimeoutError, bool] and after[1] is True
+
+
+def test_http_server_still_answers_414_under_a_line_limit(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # http.server reads readline(65537) and judges the length itself (414, 431).
+    import importlib
+    import sys
+    monkeypatch.setitem(sys.modules, "socketserver", sockserve)
+    monkeypatch.setitem(sys.modules, "http.server", None)  # put back as it was after
+    del sys.modules["http.server"]
+    http_server = importlib.import_module("http.server")
+    assert issubclass(http_server.BaseHTTPRequestHandler, sockserve.StreamRequestHandler)
+    server = make(http_server.BaseHTTPRequestHandler, max_line_length=65536)
+    with serve_in_thread(server), connect(server.server_address) as client:
+        client.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
+        assert recv_all(client).startswith(b"HTTP/1.0 414")

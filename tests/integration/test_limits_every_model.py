@@ -38,6 +38,7 @@ def test_idle_timeout_and_line_limit(server_class: type) -> None:
 
 
 @pytest.mark.parametrize("server_class", [sockserve.ThreadingTCPServer,
+                                          sockserve.ForkingTCPServer,
                                           sockserve.ThreadPoolTCPServer,
                                           sockserve.GreenTCPServer])
 def test_reject_and_drain(server_class: type, caplog: pytest.LogCaptureFixture) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
 
 class Echo(sockserve.StreamRequestHandler):
@@ -221,3 +221,45 @@ def test_mix_in_listed_after_the_server_class_warns() -> None:
     with pytest.warns(RuntimeWarning, match="put the mix-in first"):
         class Wrong(sockserve.TCPServer, sockserve.ThreadingMixIn):
             pass
+
+
+class ClosesItself(sockserve.TCPServer):
+    """close_request() as the stdlib's own, without calling the base one."""
+
+    max_connections_per_ip = 1
+    timeout = IO_TIMEOUT
+
+    def close_request(self, request: socket.socket) -> None:
+        request.close()
+
+
+def test_an_overridden_close_request_still_frees_the_connections_place() -> None:
+    with ClosesItself(("127.0.0.1", 0), Echo) as server:
+        for n in range(3):
+            with connect(server.server_address) as client:
+                client.sendall(b"%d\n" % n)
+                server.handle_request()
+                assert recv_all(client) == b"%d\n" % n  # not refused: one per IP
+        assert server.statistics().connections == 0
+        assert server.statistics().rejected == 0
+
+
+def test_a_failing_verify_request_is_reported_and_the_server_keeps_serving(
+        caplog: pytest.LogCaptureFixture) -> None:
+    class Picky(sockserve.ThreadingTCPServer):
+        def verify_request(self, request: socket.socket, client_address: object) -> bool:
+            if request.recv(5, socket.MSG_PEEK) == b"boom\n":
+                raise RuntimeError("verify_request failed on purpose")
+            return True
+
+    with caplog.at_level(logging.ERROR, logger="sockserve.server"):
+        with serve_in_thread(Picky(("127.0.0.1", 0), Echo)) as server:
+            with connect(server.server_address) as client:
+                client.sendall(b"boom\n")
+                assert recv_all(client) == b""  # closed, not held by the server
+            with connect(server.server_address) as client:
+                client.sendall(b"fine\n")
+                assert recv_all(client) == b"fine\n"
+            # Released just after the client saw its end (shutdown_request()).
+            wait_for(lambda: server.statistics().connections == 0, what="both released")
+    assert "verify_request failed on purpose" in caplog.text
