@@ -388,7 +388,9 @@ def test_a_handler_that_closes_its_socket_leaves_the_server_serving() -> None:
         with connect(server.server_address) as other:
             other.sendall(b"still\n")
             assert other.makefile("rb").readline() == b"STILL\n"
-        wait_for(lambda: server.statistics().connections == 1, what="the closed one released")
+            # Only this one is open (once it closes too, the count drops to 0).
+            wait_for(lambda: server.statistics().connections == 1,
+                     what="the closed one released")
 
 
 def test_setup_failing_or_closing_ends_the_connection_and_keeps_nothing() -> None:
