@@ -13,7 +13,6 @@ import errno
 import logging
 import math
 import os
-import select
 import selectors
 import socket
 import ssl
@@ -335,12 +334,15 @@ class BaseServer:
         drain with backlog=True), or a stopping pre-fork worker's own sockets."""
         self.__handshakes = None  # no loop left to drive them: handshake in place
         listeners = self._sockserve_listeners() if listeners is None else listeners
-        for _ in range(max(1, getattr(self, "request_queue_size", 5)) * 4):
-            ready = select.select(listeners, [], [], 0)[0]
-            if not ready:
-                break
-            for listener in ready:
-                self.__accept_from(listener)
+        with _ServerSelector() as selector:  # poll(): no FD_SETSIZE limit, unlike select()
+            for listener in listeners:
+                selector.register(listener, selectors.EVENT_READ)
+            for _ in range(max(1, getattr(self, "request_queue_size", 5)) * 4):
+                ready = selector.select(0)
+                if not ready:
+                    break
+                for key, _ in ready:
+                    self.__accept_from(key.fileobj)
 
     def service_actions(self) -> None:
         """Called by the ``serve_forever()`` loop; may be overridden."""

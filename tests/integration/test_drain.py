@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+import pytest
+
 import sockserve
 from sockserve.stats import DrainReport
 from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
@@ -223,6 +225,48 @@ def test_a_drain_with_backlog_does_not_make_a_later_shutdown_serve_the_backlog()
             stopper.join(IO_TIMEOUT)
             loop.join(IO_TIMEOUT)
         assert served == [b"first\n"]
+    finally:
+        release.set()
+        server.server_close()
+
+
+def test_drain_serves_the_backlog_of_a_descriptor_above_1023() -> None:
+    # select() takes no descriptor past FD_SETSIZE (1024); a busy process reaches it.
+    import os
+    import resource
+    import socket
+
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] <= 1100:
+        pytest.skip("needs a descriptor limit above 1100")
+    low = socket.create_server(("127.0.0.1", 0))
+    high_fd = os.dup2(low.fileno(), 1100, inheritable=False)
+    low.close()
+    release = threading.Event()
+
+    class FirstWaits(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            self.wfile.write(line.upper())
+            self.wfile.flush()
+            if line == b"first\n":
+                release.wait(IO_TIMEOUT)  # holds the serial loop
+
+    server = sockserve.TCPServer.from_socket(socket.socket(fileno=high_fd), FirstWaits)
+    try:
+        loop = serve(server)
+        with connect(server.server_address) as first, \
+                connect(server.server_address) as waiting:
+            first.sendall(b"first\n")
+            assert first.recv(10) == b"FIRST\n"
+            waiting.sendall(b"late\n")
+            drainer = threading.Thread(target=server.drain, args=(IO_TIMEOUT,),
+                                       kwargs={"backlog": True})
+            drainer.start()
+            wait_for(lambda: not server.is_serving(), what="the drain to begin")
+            release.set()
+            assert recv_all(waiting) == b"LATE\n"
+            drainer.join(IO_TIMEOUT)
+            loop.join(IO_TIMEOUT)
     finally:
         release.set()
         server.server_close()
