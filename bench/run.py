@@ -75,6 +75,8 @@ TCP_SERVERS = {
                                              " workers=2 worker_cpu_affinity=True",
     "sockserve_async": "{python} {servers}/sockserve_async.py",
     "sockserve_async_asyncio": "{python} {servers}/sockserve_async.py --loop asyncio",
+    "sockserve_async_prefork1": "{python} {servers}/sockserve_async.py --workers 1 --all-cpus",
+    "sockserve_async_prefork2": "{python} {servers}/sockserve_async.py --workers 2 --all-cpus",
     # Not a server to use: the same async handler with no task, context or limits, on
     # uvloop; the least a coroutine per message can cost (coroutine_floor.py).
     "coroutine_floor": "{python} {servers}/coroutine_floor.py",

@@ -1,24 +1,29 @@
 """sockserve.aio echo peer: async handlers on uvloop (``--loop asyncio``: plain asyncio).
 
     python bench/servers/sockserve_async.py [--port N] [--loop uvloop|asyncio] [--udp]
+                                            [--workers N [--all-cpus]]
 
 The stream handler echoes each chunk as it arrives, awaiting drain() only when the
-transport asks for it; the datagram handler replies with send().
+transport asks for it; the datagram handler replies with send().  ``--workers N``
+serves streams with N pre-forked workers, an event loop each (``PreForkMixIn`` before
+``AsyncMixIn``); ``--all-cpus`` lets them spread over every CPU.
 """
 
 from __future__ import annotations
 
 import importlib.util
 
-from _peer import CHUNK, HOST, announce, parser, skip
+from _peer import CHUNK, HOST, announce, parse, parser, skip
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
+    p = parser(__doc__.splitlines()[0], all_cpus=True)
     p.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop",
                    help="event loop (default: uvloop)")
     p.add_argument("--udp", action="store_true", help="serve UDP instead of TCP")
-    args = p.parse_args()
+    p.add_argument("--workers", type=int, default=0,
+                   help="pre-forked worker processes (default 0: serve in this process)")
+    args = parse(p)
     if args.loop == "uvloop" and importlib.util.find_spec("uvloop") is None:
         skip("uvloop is not installed")
     try:
@@ -37,11 +42,19 @@ def main() -> None:
         async def handle(self) -> None:
             self.send(self.packet)
 
-    server_class = aio.AsyncUDPServer if args.udp else aio.AsyncTCPServer
+    server_class: type = aio.AsyncUDPServer if args.udp else aio.AsyncTCPServer
     handler = DatagramEcho if args.udp else StreamEcho
+    if args.workers:
+        import sockserve
+        server_class = type("PreForkAsyncTCPServer",
+                            (sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.TCPServer),
+                            {"workers": args.workers})
     with server_class((HOST, args.port), handler, loop_factory=args.loop) as server:
         announce(server.server_address[1])
-        server.serve_forever(poll_interval=None)
+        try:
+            server.serve_forever(poll_interval=None)
+        except KeyboardInterrupt:
+            pass
 
 
 if __name__ == "__main__":

@@ -410,20 +410,43 @@ class BaseServer:
         elif self.timeout is not None:
             timeout = min(timeout, self.timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with _ServerSelector() as selector:
-            for listener in self._sockserve_listeners():
-                selector.register(listener, selectors.EVENT_READ)
-            while True:
-                # Clamped at 0 so that a zero timeout still polls once, as in the stdlib.
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                pause = self.__accept_resume_at - time.monotonic()
-                if pause > 0:
-                    # Out of descriptors: wait out the back-off instead of spinning.
-                    time.sleep(pause if remaining is None else min(pause, remaining))
-                elif ready := selector.select(remaining):
-                    return self.__accept_from(ready[0][0].fileobj)
-                if deadline is not None and time.monotonic() >= deadline:
-                    return self.handle_timeout()
+        # A connection that closes (or a pool with room again) wakes this wait, as it
+        # wakes serve_forever(): at max_connections with overload "pause" the next
+        # client waits in the backlog here too, rather than being rejected.
+        own_waker = Waker() if self.__waker is None else None
+        if own_waker is not None:
+            self.__waker = own_waker
+        try:
+            with _ServerSelector() as selector:
+                waker = self.__waker
+                selector.register(waker, selectors.EVENT_READ)
+                listeners, listening = self._sockserve_listeners(), False
+                while True:
+                    now = time.monotonic()
+                    # Clamped at 0: a zero timeout still polls once, as in the stdlib.
+                    remaining = None if deadline is None else max(0.0, deadline - now)
+                    pause = self.__accept_resume_at - now  # out of descriptors: back off
+                    if listening != (pause <= 0 and self._sockserve_has_capacity()):
+                        for listener in listeners:
+                            if listening:
+                                selector.unregister(listener)
+                            else:
+                                selector.register(listener, selectors.EVENT_READ)
+                        listening = not listening
+                    wait = remaining
+                    if pause > 0 and (wait is None or pause < wait):
+                        wait = pause
+                    for key, _ in selector.select(wait):
+                        if key.fileobj is waker:
+                            waker.read_messages()
+                        else:
+                            return self.__accept_from(key.fileobj)
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return self.handle_timeout()
+        finally:
+            if own_waker is not None:
+                self.__waker = None
+                own_waker.close()
 
     def _sockserve_check_settings(self) -> None:
         """Refuse settings that cannot work together (the async servers check too)."""

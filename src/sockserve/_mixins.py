@@ -13,6 +13,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
+from ._connections import ConnectionRegistry
 from ._server import BaseServer, TCPServer, UDPServer
 from .stats import DrainReport
 
@@ -153,6 +154,8 @@ if hasattr(os, "fork"):
             try:
                 for copy in (self._sockserve_child_connections or {}).values():
                     copy.close()  # its siblings' connections are not this process's
+                # Another thread may have held the registry's lock across the fork.
+                self._sockserve_connections = ConnectionRegistry()
                 self.finish_request(request, client_address)
                 status = 0
             except Exception:

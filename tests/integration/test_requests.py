@@ -263,3 +263,35 @@ def test_a_failing_verify_request_is_reported_and_the_server_keeps_serving(
             # Released just after the client saw its end (shutdown_request()).
             wait_for(lambda: server.statistics().connections == 0, what="both released")
     assert "verify_request failed on purpose" in caplog.text
+
+
+def test_handle_request_at_max_connections_waits_instead_of_rejecting() -> None:
+    release = threading.Event()
+
+    class Held(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            if line == b"hold\n":
+                self.wfile.write(b"held\n")
+                self.wfile.flush()
+                release.wait(IO_TIMEOUT)
+            self.wfile.write(line.upper())
+
+    class Server(sockserve.ThreadingTCPServer):
+        max_connections = 1  # overload "pause": the next client waits in the backlog
+        timeout = IO_TIMEOUT
+
+    with Server(("127.0.0.1", 0), Held) as server:
+        with connect(server.server_address) as first, \
+                connect(server.server_address) as second:
+            first.sendall(b"hold\n")
+            server.handle_request()
+            assert first.recv(10) == b"held\n"
+            second.sendall(b"next\n")
+            waiting = threading.Thread(target=server.handle_request)
+            waiting.start()
+            release.set()  # the first connection ends: room for the second
+            waiting.join(IO_TIMEOUT)
+            assert recv_all(second) == b"NEXT\n"
+            assert recv_all(first) == b"HOLD\n"
+        assert server.statistics().rejected == 0
