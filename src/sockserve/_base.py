@@ -419,6 +419,7 @@ class BaseServer:
         try:
             with _ServerSelector() as selector:
                 waker = self.__waker
+                assert waker is not None
                 selector.register(waker, selectors.EVENT_READ)
                 listeners, listening = self._sockserve_listeners(), False
                 while True:
