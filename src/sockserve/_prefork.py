@@ -237,15 +237,21 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     def _stop_timeout(self) -> float | None:
         """How long stopping workers get before SIGKILL: ``graceful_timeout``, or more
         for a drain that gives them longer (they cut at its deadline, then exit), or
-        for ever for a drain without a timeout.  Event-loop workers cancel their
-        handlers at ``graceful_timeout`` themselves: they get the margin to exit."""
+        for ever for a drain without a timeout.  Event-loop workers cut at their
+        deadline themselves (``graceful_timeout`` or the drain's), then cancel their
+        handlers and close their connections, each step bounded: they get that long
+        more to exit."""
+        margin = DRAIN_EXIT_MARGIN
+        if self._event_loop_class is not None:
+            from ._aio_serving import CANCEL_TIMEOUT, CLOSE_TIMEOUT  # asyncio is loaded
+            margin += CANCEL_TIMEOUT + 2 * CLOSE_TIMEOUT  # close(): abort, then wait again
         if not self._draining_workers:
             if self._event_loop_class is not None:
-                return self.graceful_timeout + DRAIN_EXIT_MARGIN
+                return self.graceful_timeout + margin
             return self.graceful_timeout
         if self._drain_for is None:
             return None
-        return max(self.graceful_timeout, self._drain_for + DRAIN_EXIT_MARGIN)
+        return max(self.graceful_timeout, self._drain_for + margin)
 
     def _choose_cpu(self, taken: list[int | None]) -> int | None:
         """In the supervisor, before a fork: the allowed CPU with the fewest workers."""
@@ -277,8 +283,10 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             if self._event_loop_class is not None:
                 self._aio_worker = AsyncWorker(self)
             self.serve_forever(self._poll_interval)
-            # The event loop may have left SIGTERM at its default action.
+            # The event loop may have left SIGTERM at its default action (asyncio's
+            # close() does; the worker blocked it before, AsyncWorker.finished()).
             signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if self._aio_worker is not None:
                 self._aio_worker.report()  # its loop served its own sockets' backlog
             elif self._own_sockets:

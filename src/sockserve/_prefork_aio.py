@@ -61,11 +61,17 @@ class AsyncWorker:
             pass  # the loop is closed: serving has ended
 
     def _stop_on_loop(self, serving: Serving) -> None:
-        if serving.stop.done():
-            return
         server = self.server
         channel = server._drain_channel
         draining, timeout = channel.requested() if channel is not None else (False, None)
+        if serving.stop.done():
+            # Already stopping (recycled, replaced): a supervisor's drain still sets
+            # the deadline and gets the report.
+            if draining and self.drained is None:
+                self.drained = serving
+                if timeout is not None:
+                    serving.loop.call_later(timeout, serving.cut_now)
+            return
         if draining:
             self.drained = serving
             serving.request_drain(timeout, False, server._aio_start_drain(serving, timeout))
@@ -90,6 +96,11 @@ class AsyncWorker:
     def took_request(self) -> None:
         """A connection was admitted: one request toward ``max_requests``."""
         self.server._count_request()
+
+    def finished(self) -> None:
+        """The loop has served its last: SIGTERM waits (blocked) until the worker's own
+        handler is back, since asyncio's ``close()`` leaves it at its default action."""
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
     def report(self) -> None:
         """After serving: what a supervisor's drain did here, for its report."""

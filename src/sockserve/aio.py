@@ -224,6 +224,8 @@ class AsyncMixIn(_ServerBase):
                 self._aio_shutdown_request = False
                 self._aio_is_shut_down.set()
                 serving.finished.set_result(None)
+                if self._aio_worker is not None:
+                    self._aio_worker.finished()
 
     def _tick(self, serving: Serving, poll_interval: float) -> None:
         # service_actions() is sync, as the stdlib's: it runs on the loop thread.

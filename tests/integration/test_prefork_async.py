@@ -3,7 +3,9 @@ an event loop of its own, under the same supervisor as the sync workers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import socket
 import threading
 from typing import Any
@@ -15,7 +17,7 @@ from sockserve import aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
-from tests.integration.test_async import LOOPS, LoopName
+from tests.integration.test_async import HAVE_UVLOOP, LOOPS, LoopName
 
 
 @pytest.fixture(params=LOOPS)
@@ -169,3 +171,64 @@ def test_async_datagram_workers_are_refused() -> None:
     with pytest.raises(TypeError, match="datagram"):
         class Server(sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.UDPServer):
             pass
+
+
+def test_a_drain_reaches_a_worker_already_recycling(loop_name: LoopName) -> None:
+    # Recycled with a connection held: the supervisor's drain still cuts it at its
+    # deadline (not graceful_timeout) and counts it.
+    server = prefork(loop_name, workers=1, max_requests=1, graceful_timeout=60.0)
+    with serve_in_thread(server), connect(server.server_address) as client:
+        client.sendall(b"hold\n")  # its last request
+        assert client.recv(100) == b"held\n"
+        wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+        report = server.drain(0.2)
+        assert recv_all(client) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert server.statistics().workers.crashed == 0
+
+
+class SigtermAfterClose(asyncio.SelectorEventLoop):
+    """asyncio's close() puts SIGTERM back to its default action: a SIGTERM right then
+    (the supervisor's, PR_SET_PDEATHSIG, a process-group kill) must not kill a worker
+    that is ending cleanly."""
+
+    supervisor = os.getpid()
+
+    def close(self) -> None:
+        super().close()
+        if os.getpid() != self.supervisor:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_sigterm_as_a_workers_loop_closes_does_not_kill_it() -> None:
+    server = prefork("asyncio", workers=1)
+    server.loop_factory = SigtermAfterClose
+    with serve_in_thread(server):
+        wait_for(server.is_serving, what="a worker serving")
+        assert ask(server.server_address).strip().isdigit()
+    stats = server.statistics().workers
+    assert stats.crashed == 0 and stats.exited == 1
+
+
+class FloodsThenCleansUp(aio.AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        await self.reader.readline()
+        self.writer.write(b"y" * (32 << 20))  # more than the client will read
+        try:
+            await self.reader.readline()
+        finally:
+            await asyncio.sleep(1.0)  # clean-up once cancelled: within CANCEL_TIMEOUT
+
+
+def test_the_supervisor_waits_for_a_worker_closing_a_client_that_does_not_read() -> None:
+    # The worker cuts at the deadline, cancels (up to 5 s), closes and then aborts the
+    # connection (up to 5 s each): slow but bounded, and no crash.  One loop only: the
+    # closing takes its full 5 s.
+    server = prefork("uvloop" if HAVE_UVLOOP else "asyncio", FloodsThenCleansUp, workers=1,
+                     graceful_timeout=0.2)
+    with serve_in_thread(server), connect(server.server_address) as client:
+        client.sendall(b"go\n")
+        assert client.recv(1) == b"y"  # the handler is writing
+        report = server.drain(0.2)
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert server.statistics().workers.crashed == 0
