@@ -8,12 +8,13 @@ serves one request at a time; here defining such a class warns.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._connections import ConnectionRegistry
+from ._connections import ConnectionRegistry, shut_down
 from ._server import BaseServer, TCPServer, UDPServer
 from .stats import DrainReport
 
@@ -75,10 +76,9 @@ if hasattr(os, "fork"):
         block_on_close = True
         # While a drain waits for the children's connections: how often it reaps.
         _sockserve_reap_interval = 0.05
-        # pid -> the parent's copy of that child's connection: it stays open (and in
-        # the connection registry) until the child is reaped, so the limits count it
-        # and a drain can cut it (shutdown() acts on the connection, not one copy).
-        _sockserve_child_connections: dict[int, socket.socket] | None = None
+        # pid -> the registry's entry for the connection that child serves: counted
+        # by the limits until the child is reaped, and cut through the child.
+        _sockserve_child_connections: dict[int, ChildConnection] | None = None
 
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap exited children; above ``max_children``, wait until one exits."""
@@ -108,10 +108,9 @@ if hasattr(os, "fork"):
         def _sockserve_child_ended(self, pid: int) -> None:
             if self.active_children is not None:
                 self.active_children.discard(pid)
-            copy = (self._sockserve_child_connections or {}).pop(pid, None)
-            if copy is not None:
-                self._sockserve_connections.release(copy)
-                copy.close()
+            entry = (self._sockserve_child_connections or {}).pop(pid, None)
+            if entry is not None:
+                self._sockserve_connections.release(entry)
 
         def _sockserve_finish_connections(self, timeout: float | None,
                                           counts_before: tuple[int, int] | None = None
@@ -146,16 +145,16 @@ if hasattr(os, "fork"):
                 if self.active_children is None:
                     self.active_children = set()
                 self.active_children.add(pid)
-                self._sockserve_keep_for_child(pid, request)
+                self._sockserve_hand_to_child(pid, request)
                 self.close_request(request)
                 return
             # The child must never return into the server loop: os._exit() in finally.
             status = 1
             try:
-                for copy in (self._sockserve_child_connections or {}).values():
-                    copy.close()  # its siblings' connections are not this process's
                 # Another thread may have held the registry's lock across the fork.
                 self._sockserve_connections = ConnectionRegistry()
+                if isinstance(request, socket.socket):
+                    signal.signal(signal.SIGTERM, ChildConnection.cut_on_sigterm(request))
                 self.finish_request(request, client_address)
                 status = 0
             except Exception:
@@ -166,24 +165,51 @@ if hasattr(os, "fork"):
                 finally:
                     os._exit(status)
 
-        def _sockserve_keep_for_child(self, pid: int, request: Any) -> None:
-            """Keep a copy of the connection the child *pid* serves (stream servers)."""
+        def _sockserve_hand_to_child(self, pid: int, request: Any) -> None:
+            """The connection is the child *pid*'s now (stream servers): its registry
+            entry stands for it until the child is reaped."""
             if not isinstance(request, socket.socket):
                 return  # a datagram: no connection
-            copy = socket.socket(fileno=os.dup(request.fileno()))
+            entry = ChildConnection(pid)
             if self._sockserve_child_connections is None:
                 self._sockserve_child_connections = {}
-            self._sockserve_child_connections[pid] = copy
-            self._sockserve_connections.replace(request, copy)
+            self._sockserve_child_connections[pid] = entry
+            self._sockserve_connections.replace(request, entry)
 
         def server_close(self) -> None:
             super().server_close()
             self.collect_children(blocking=self.block_on_close)
-            # Children left running (block_on_close = False) keep their own copies.
-            copies, self._sockserve_child_connections = self._sockserve_child_connections, {}
-            for copy in (copies or {}).values():
-                self._sockserve_connections.release(copy)
-                copy.close()
+            # Children left running (block_on_close = False) are on their own now.
+            entries, self._sockserve_child_connections = self._sockserve_child_connections, {}
+            for entry in (entries or {}).values():
+                self._sockserve_connections.release(entry)
+
+    class ChildConnection:
+        """A connection a ``ForkingMixIn`` child serves, as the parent's registry holds
+        it.  The parent keeps no descriptor of it (the client sees the connection end
+        when the child closes it, as in the stdlib): ``shutdown()``, which a drain's
+        cut calls, asks the child with SIGTERM to shut the connection down, so that its
+        handler sees end-of-file and ends as under any other model."""
+
+        __slots__ = ("pid",)
+
+        def __init__(self, pid: int) -> None:
+            self.pid = pid
+
+        def shutdown(self, how: int) -> None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass  # it has ended
+
+        @staticmethod
+        def cut_on_sigterm(request: socket.socket) -> Any:
+            """In the child: the SIGTERM handler that cuts *request*; a second SIGTERM
+            ends the child at once, as the stdlib's does."""
+            def cut(signum: int, frame: object) -> None:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                shut_down(request)
+            return cut
 
 
 class _RunningThreads:

@@ -71,8 +71,8 @@ class StreamLimits:
 
 class _GuardedSocketIO(socket.SocketIO):
     """The raw file under the buffered ones: sets the socket timeout per system call,
-    and puts the handler's own back after it (``self.request`` used directly keeps
-    only that one)."""
+    and puts the handler's own (whatever it is at the time) back after it, so that
+    ``self.request`` used directly keeps only that one."""
 
     def __init__(self, sock: socket.socket, mode: Literal["rb", "wb"],
                  limits: StreamLimits) -> None:
@@ -83,36 +83,40 @@ class _GuardedSocketIO(socket.SocketIO):
         self._socket = sock  # SocketIO keeps it as _sock, which typeshed does not declare
         self._limits = limits
         self.call_deadline: float | None = None  # set once a read call has data
-        self.base_timeout = sock.gettimeout()  # the handler's own `timeout`, if any
         self._write_failed: str | None = None  # a write timed out: data was lost
 
-    def _wait(self, timeout: float | None, reason: str) -> str:
-        """Set the socket timeout for one system call; returns what expiry means."""
-        if self.base_timeout is not None and (timeout is None or self.base_timeout < timeout):
-            timeout, reason = self.base_timeout, "timed out"  # the handler's own timeout
-        timeout, reason = self._limits.bound(timeout, reason)
-        if timeout != self.base_timeout:
-            self._socket.settimeout(timeout)
-        return reason
+    def _wait(self, timeout: float | None, reason: str) -> tuple[str, float | None]:
+        """Set the socket timeout for one system call.
 
-    def _restore(self) -> None:
-        if self._socket.gettimeout() != self.base_timeout and self._socket.fileno() >= 0:
-            self._socket.settimeout(self.base_timeout)
+        Returns:
+            What expiry means, and the handler's own timeout to put back after it.
+        """
+        own = self._socket.gettimeout()  # the handler's `timeout`, or one it set since
+        if own is not None and (timeout is None or own < timeout):
+            timeout, reason = own, "timed out"
+        timeout, reason = self._limits.bound(timeout, reason)
+        if timeout != own:
+            self._socket.settimeout(timeout)
+        return reason, own
+
+    def _restore(self, own: float | None) -> None:
+        if self._socket.gettimeout() != own and self._socket.fileno() >= 0:
+            self._socket.settimeout(own)
 
     def readinto(self, b: Any) -> int:
         if self.call_deadline is None:
-            reason = self._wait(self._limits.idle_timeout, "idle timeout")
+            reason, own = self._wait(self._limits.idle_timeout, "idle timeout")
         else:
             left = self.call_deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError("read timeout")
-            reason = self._wait(left, "read timeout")
+            reason, own = self._wait(left, "read timeout")
         try:
             count: int = super().readinto(b)  # type: ignore[assignment]
         except TimeoutError as exc:
             raise TimeoutError(reason) from exc
         finally:
-            self._restore()
+            self._restore(own)
         if count and self.call_deadline is None and self._limits.read_timeout is not None:
             self.call_deadline = time.monotonic() + self._limits.read_timeout
         return count
@@ -123,14 +127,14 @@ class _GuardedSocketIO(socket.SocketIO):
             # that did not read does not get to hold the thread again (finish()).
             raise TimeoutError(self._write_failed)
         # sendall() counts its timeout for the whole call (Python 3.5+).
-        reason = self._wait(self._limits.write_timeout, "write timeout")
+        reason, own = self._wait(self._limits.write_timeout, "write timeout")
         try:
             self._socket.sendall(b)
         except TimeoutError as exc:
             self._write_failed = reason
             raise TimeoutError(reason) from exc
         finally:
-            self._restore()
+            self._restore(own)
         with memoryview(b) as view:
             return view.nbytes
 
@@ -194,8 +198,18 @@ class UnbufferedGuardedReader(_GuardedSocketIO):
         super().__init__(sock, "rb", limits)
 
     def readline(self, size: int | None = -1) -> bytes:
-        self.call_deadline = None
-        return _bounded_readline(super().readline, size, self._limits.max_line_length)
+        self.call_deadline = None  # one deadline for the whole line, byte by byte
+        return _bounded_readline(self._read_line, size, self._limits.max_line_length)
+
+    def _read_line(self, size: int | None) -> bytes:
+        line = bytearray()
+        byte = bytearray(1)
+        while (size is None or size < 0 or len(line) < size) and \
+                _GuardedSocketIO.readinto(self, byte):
+            line += byte
+            if byte == b"\n":
+                break
+        return bytes(line)
 
     def read(self, size: int | None = -1) -> bytes | None:
         self.call_deadline = None

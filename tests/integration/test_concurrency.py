@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import os
+import socket
 import threading
 import weakref
 
@@ -108,3 +109,33 @@ def test_forked_children_are_reaped() -> None:
     for pid in pids:
         with pytest.raises(ChildProcessError):
             os.waitpid(pid, os.WNOHANG)
+
+
+class ReplyThenCloseOnly(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"bye\n")
+        self.wfile.flush()
+
+
+class ClosesOnly(sockserve.ForkingMixIn, sockserve.TCPServer):
+    def shutdown_request(self, request: socket.socket) -> None:
+        self.close_request(request)  # no SHUT_WR, as an override may do
+
+
+class ReplyThenExit(ReplyThenCloseOnly):
+    def handle(self) -> None:
+        super().handle()
+        os._exit(0)  # a crash, a kill: the child never shuts the connection down
+
+
+@pytest.mark.parametrize("server_class,handler", [
+    (ClosesOnly, ReplyThenCloseOnly), (sockserve.ForkingTCPServer, ReplyThenExit)])
+def test_a_forked_childs_client_sees_the_end_when_the_child_is_done(
+        server_class: type, handler: type) -> None:
+    # The parent keeps no descriptor of a child's connection (it counts it by pid), so
+    # the client sees the end at once, not once the parent reaps the child.
+    server = server_class(("127.0.0.1", 0), handler)
+    with serve_in_thread(server, poll_interval=None), connect(server.server_address) as c:
+        c.sendall(b"hi\n")
+        assert recv_all(c) == b"bye\n"

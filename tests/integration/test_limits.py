@@ -129,9 +129,15 @@ def test_idle_timeout_closes_a_silent_connection(caplog: pytest.LogCaptureFixtur
     assert any(isinstance(e, TimeoutError) for e in handler_errors(caplog))
 
 
-def test_read_timeout_stops_a_slowloris(caplog: pytest.LogCaptureFixture) -> None:
+class UnbufferedEcho(Echo):
+    rbufsize = 0  # readline() reads a byte at a time: one deadline for the whole line
+
+
+@pytest.mark.parametrize("handler", [Echo, UnbufferedEcho])
+def test_read_timeout_stops_a_slowloris(caplog: pytest.LogCaptureFixture,
+                                        handler: type) -> None:
     # No idle timeout: only the read timeout can end a request trickling in.
-    with serve_in_thread(make(read_timeout=0.3)) as server:
+    with serve_in_thread(make(handler, read_timeout=0.3)) as server:
         with connect(server.server_address) as slow:
             closed = False
             for byte in b"GET /" * 40:  # 200 bytes, one per 20 ms: 4 s if unchecked
@@ -340,3 +346,21 @@ def test_http_server_still_answers_414_under_a_line_limit(
     with serve_in_thread(server), connect(server.server_address) as client:
         client.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
         assert recv_all(client).startswith(b"HTTP/1.0 414")
+
+
+@pytest.mark.parametrize("limits", [{}, {"max_line_length": 1000}, {"idle_timeout": 60.0}])
+def test_a_timeout_the_handler_sets_itself_outlives_its_file_calls(limits: Any) -> None:
+    class OwnTimeoutLater(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.request.settimeout(0.25)  # after setup() made the files
+            self.rfile.readline()
+            try:
+                self.request.recv(1)
+                self.wfile.write(b"data\n")
+            except TimeoutError:
+                self.wfile.write(b"timeout\n")
+
+    with serve_in_thread(make(OwnTimeoutLater, **limits)) as server, \
+            connect(server.server_address) as client:
+        client.sendall(b"line\n")
+        assert client.recv(100) == b"timeout\n"
