@@ -80,6 +80,9 @@ class BaseServer:
     # The running loop's selector, for mix-ins that register their own objects: any
     # registered data with a sockserve_ready(events) method is called when ready.
     _sockserve_selector: selectors.BaseSelector | None = None
+    # While the loop is paused at capacity: how long it may wait before it looks again
+    # (None: until woken; ForkingMixIn's children free their place unannounced).
+    _sockserve_capacity_poll: float | None = None
     # While a drain runs: when it cuts what is left (time.monotonic(); inf: never).
     _sockserve_drain_until: float | None = None
     # When the loop stops, how long TLS handshakes in progress may still complete (and
@@ -212,7 +215,8 @@ class BaseServer:
                 listening = not listening
             timeout = poll_interval
             handshake_due = self.__handshakes.expire() if self.__handshakes else None
-            for due in (pause, handshake_due):
+            recheck = None if listening else self._sockserve_capacity_poll
+            for due in (pause, handshake_due, recheck):
                 if due is not None and due > 0 and (timeout is None or due < timeout):
                     timeout = due
             ready = selector.select(timeout)
@@ -435,8 +439,10 @@ class BaseServer:
                                 selector.register(listener, selectors.EVENT_READ)
                         listening = not listening
                     wait = remaining
-                    if pause > 0 and (wait is None or pause < wait):
-                        wait = pause
+                    recheck = None if listening else self._sockserve_capacity_poll
+                    for due in (pause, recheck):
+                        if due is not None and due > 0 and (wait is None or due < wait):
+                            wait = due
                     for key, _ in selector.select(wait):
                         if key.fileobj is waker:
                             waker.read_messages()

@@ -14,7 +14,7 @@ import threading
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from ._connections import ConnectionRegistry, shut_down
+from ._connections import ConnectionRegistry
 from ._server import BaseServer, TCPServer, UDPServer
 from .stats import DrainReport
 
@@ -74,8 +74,10 @@ if hasattr(os, "fork"):
         max_children = 40
         # If true, server_close() waits until all child processes complete.
         block_on_close = True
-        # While a drain waits for the children's connections: how often it reaps.
+        # While a drain waits for the children's connections, or the loop waits at
+        # max_connections for a child to exit: how often it reaps.
         _sockserve_reap_interval = 0.05
+        _sockserve_capacity_poll = _sockserve_reap_interval
         # pid -> the registry's entry for the connection that child serves: counted
         # by the limits until the child is reaped, and cut through the child.
         _sockserve_child_connections: dict[int, ChildConnection] | None = None
@@ -111,6 +113,14 @@ if hasattr(os, "fork"):
             entry = (self._sockserve_child_connections or {}).pop(pid, None)
             if entry is not None:
                 self._sockserve_connections.release(entry)
+                entry.close()
+
+        def _sockserve_has_capacity(self) -> bool:
+            # Children free their place by exiting, which nothing announces: reap first.
+            if super()._sockserve_has_capacity():
+                return True
+            self.collect_children()
+            return super()._sockserve_has_capacity()
 
         def _sockserve_finish_connections(self, timeout: float | None,
                                           counts_before: tuple[int, int] | None = None
@@ -153,8 +163,9 @@ if hasattr(os, "fork"):
             try:
                 # Another thread may have held the registry's lock across the fork.
                 self._sockserve_connections = ConnectionRegistry()
-                if isinstance(request, socket.socket):
-                    signal.signal(signal.SIGTERM, ChildConnection.cut_on_sigterm(request))
+                for entry in (self._sockserve_child_connections or {}).values():
+                    entry.close()  # its siblings' pidfds
+                self._sockserve_child_connections = None
                 self.finish_request(request, client_address)
                 status = 0
             except Exception:
@@ -183,33 +194,44 @@ if hasattr(os, "fork"):
             entries, self._sockserve_child_connections = self._sockserve_child_connections, {}
             for entry in (entries or {}).values():
                 self._sockserve_connections.release(entry)
+                entry.close()
 
     class ChildConnection:
         """A connection a ``ForkingMixIn`` child serves, as the parent's registry holds
         it.  The parent keeps no descriptor of it (the client sees the connection end
-        when the child closes it, as in the stdlib): ``shutdown()``, which a drain's
-        cut calls, asks the child with SIGTERM to shut the connection down, so that its
-        handler sees end-of-file and ends as under any other model."""
+        when the child closes it, as in the stdlib), so ``shutdown()``, which a drain's
+        cut calls, ends the child instead: SIGTERM, whose default action (the child's,
+        as in the stdlib) closes the connection with the process."""
 
-        __slots__ = ("pid",)
+        __slots__ = ("pid", "_pidfd")
 
         def __init__(self, pid: int) -> None:
             self.pid = pid
+            # A pidfd names this process and no other, even once it is reaped and its
+            # pid reused (Linux 5.3+); elsewhere the pid, while it is not reaped.
+            self._pidfd: int | None = None
+            if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
+                try:
+                    self._pidfd = os.pidfd_open(pid)
+                except OSError:
+                    pass  # an older kernel, or it has ended already
 
         def shutdown(self, how: int) -> None:
             try:
-                os.kill(self.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass  # it has ended
+                if self._pidfd is not None:
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGTERM)
+                else:
+                    os.kill(self.pid, signal.SIGTERM)
+            except (ProcessLookupError, OSError):
+                pass  # it has ended (or its pidfd is closed: it was reaped)
 
-        @staticmethod
-        def cut_on_sigterm(request: socket.socket) -> Any:
-            """In the child: the SIGTERM handler that cuts *request*; a second SIGTERM
-            ends the child at once, as the stdlib's does."""
-            def cut(signum: int, frame: object) -> None:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
-                shut_down(request)
-            return cut
+        def close(self) -> None:
+            """The child is reaped: let its pidfd go."""
+            pidfd, self._pidfd = self._pidfd, None
+            if pidfd is not None:
+                os.close(pidfd)
+
+
 
 
 class _RunningThreads:

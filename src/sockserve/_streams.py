@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import io
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -69,54 +70,84 @@ class StreamLimits:
         return timeout, reason
 
 
+class SocketTimeouts:
+    """The timeout a connection's ``rfile`` and ``wfile`` set on its socket for each
+    system call, and the handler's own, which the socket gets back when no call is in
+    progress (so ``self.request`` used directly keeps only that one).
+
+    Shared by the two files: a reader thread and a writer thread may each be in a
+    call, and neither may take the other's temporary timeout for the handler's.  The
+    handler's own is its ``timeout`` attribute, or one it has set on the socket since
+    (the socket then shows another value than the files last set).
+    """
+
+    __slots__ = ("_sock", "_own", "_last_set", "_active", "_lock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._own = self._last_set = sock.gettimeout()
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def enter(self, timeout: float | None, reason: str,
+              limits: StreamLimits) -> str:
+        """Set the socket's timeout for one call: *timeout*, or shorter if the
+        handler's own or the connection's lifetime says so; returns what expiry means.
+        Every ``enter()`` is followed by one ``leave()``."""
+        with self._lock:
+            current = self._sock.gettimeout()
+            if current != self._last_set:
+                self._own = current  # the handler set it since
+            own = self._own
+            if own is not None and (timeout is None or own < timeout):
+                timeout, reason = own, "timed out"
+            timeout, reason = limits.bound(timeout, reason)
+            if timeout != current:
+                self._sock.settimeout(timeout)
+            self._last_set = timeout
+            self._active += 1
+        return reason
+
+    def leave(self) -> None:
+        """The call has ended: the last one puts the handler's own timeout back."""
+        with self._lock:
+            self._active -= 1
+            if not self._active and self._last_set != self._own \
+                    and self._sock.fileno() >= 0:
+                self._sock.settimeout(self._own)
+                self._last_set = self._own
+
+
 class _GuardedSocketIO(socket.SocketIO):
-    """The raw file under the buffered ones: sets the socket timeout per system call,
-    and puts the handler's own (whatever it is at the time) back after it, so that
-    ``self.request`` used directly keeps only that one."""
+    """The raw file under the buffered ones: each system call gets the limits' time
+    (``SocketTimeouts``)."""
 
     def __init__(self, sock: socket.socket, mode: Literal["rb", "wb"],
-                 limits: StreamLimits) -> None:
+                 limits: StreamLimits, timeouts: SocketTimeouts) -> None:
         super().__init__(sock, mode)
         # A reference, as socket.makefile() takes: a handler's self.request.close()
         # then leaves the descriptor open until the files close (finish() flushes).
         sock._io_refs += 1  # type: ignore[attr-defined]
         self._socket = sock  # SocketIO keeps it as _sock, which typeshed does not declare
         self._limits = limits
+        self._timeouts = timeouts
         self.call_deadline: float | None = None  # set once a read call has data
         self._write_failed: str | None = None  # a write timed out: data was lost
 
-    def _wait(self, timeout: float | None, reason: str) -> tuple[str, float | None]:
-        """Set the socket timeout for one system call.
-
-        Returns:
-            What expiry means, and the handler's own timeout to put back after it.
-        """
-        own = self._socket.gettimeout()  # the handler's `timeout`, or one it set since
-        if own is not None and (timeout is None or own < timeout):
-            timeout, reason = own, "timed out"
-        timeout, reason = self._limits.bound(timeout, reason)
-        if timeout != own:
-            self._socket.settimeout(timeout)
-        return reason, own
-
-    def _restore(self, own: float | None) -> None:
-        if self._socket.gettimeout() != own and self._socket.fileno() >= 0:
-            self._socket.settimeout(own)
-
     def readinto(self, b: Any) -> int:
         if self.call_deadline is None:
-            reason, own = self._wait(self._limits.idle_timeout, "idle timeout")
+            timeout, reason = self._limits.idle_timeout, "idle timeout"
         else:
-            left = self.call_deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError("read timeout")
-            reason, own = self._wait(left, "read timeout")
+            timeout, reason = self.call_deadline - time.monotonic(), "read timeout"
+            if timeout <= 0:
+                raise TimeoutError(reason)
+        reason = self._timeouts.enter(timeout, reason, self._limits)
         try:
             count: int = super().readinto(b)  # type: ignore[assignment]
         except TimeoutError as exc:
             raise TimeoutError(reason) from exc
         finally:
-            self._restore(own)
+            self._timeouts.leave()
         if count and self.call_deadline is None and self._limits.read_timeout is not None:
             self.call_deadline = time.monotonic() + self._limits.read_timeout
         return count
@@ -127,14 +158,15 @@ class _GuardedSocketIO(socket.SocketIO):
             # that did not read does not get to hold the thread again (finish()).
             raise TimeoutError(self._write_failed)
         # sendall() counts its timeout for the whole call (Python 3.5+).
-        reason, own = self._wait(self._limits.write_timeout, "write timeout")
+        reason = self._timeouts.enter(self._limits.write_timeout, "write timeout",
+                                      self._limits)
         try:
             self._socket.sendall(b)
         except TimeoutError as exc:
             self._write_failed = reason
             raise TimeoutError(reason) from exc
         finally:
-            self._restore(own)
+            self._timeouts.leave()
         with memoryview(b) as view:
             return view.nbytes
 
@@ -194,8 +226,9 @@ class UnbufferedGuardedReader(_GuardedSocketIO):
     ahead, so what follows a line stays in the socket for the handler (a CGI script's
     body, a proxied stream)."""
 
-    def __init__(self, sock: socket.socket, limits: StreamLimits) -> None:
-        super().__init__(sock, "rb", limits)
+    def __init__(self, sock: socket.socket, limits: StreamLimits,
+                 timeouts: SocketTimeouts) -> None:
+        super().__init__(sock, "rb", limits, timeouts)
 
     def readline(self, size: int | None = -1) -> bytes:
         self.call_deadline = None  # one deadline for the whole line, byte by byte
@@ -219,10 +252,12 @@ class UnbufferedGuardedReader(_GuardedSocketIO):
 def guarded_files(sock: socket.socket, limits: StreamLimits, rbufsize: int,
                   wbufsize: int) -> tuple[io.BufferedIOBase, Any]:
     """``(rfile, wfile)`` for a handler, with *limits* enforced on every system call."""
-    reader: Any = UnbufferedGuardedReader(sock, limits) if rbufsize == 0 else GuardedReader(
-        _GuardedSocketIO(sock, "rb", limits),
-        rbufsize if rbufsize > 0 else io.DEFAULT_BUFFER_SIZE, limits.max_line_length)
-    raw_writer = _GuardedSocketIO(sock, "wb", limits)
+    timeouts = SocketTimeouts(sock)
+    reader: Any = UnbufferedGuardedReader(sock, limits, timeouts) if rbufsize == 0 \
+        else GuardedReader(_GuardedSocketIO(sock, "rb", limits, timeouts),
+                           rbufsize if rbufsize > 0 else io.DEFAULT_BUFFER_SIZE,
+                           limits.max_line_length)
+    raw_writer = _GuardedSocketIO(sock, "wb", limits, timeouts)
     if wbufsize == 0:
         return reader, raw_writer  # each write() sends everything, like _SocketWriter
     size = wbufsize if wbufsize > 0 else io.DEFAULT_BUFFER_SIZE

@@ -12,7 +12,7 @@ import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
 
 
 class Echo(sockserve.StreamRequestHandler):
@@ -139,3 +139,58 @@ def test_a_forked_childs_client_sees_the_end_when_the_child_is_done(
     with serve_in_thread(server, poll_interval=None), connect(server.server_address) as c:
         c.sendall(b"hi\n")
         assert recv_all(c) == b"bye\n"
+
+
+class Upper(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(self.rfile.readline().upper())
+
+
+class OneChildAtATime(sockserve.ForkingTCPServer):
+    max_connections = 1  # overload "pause": a child's exit makes room
+    timeout = IO_TIMEOUT
+
+
+def test_forking_at_max_connections_serves_the_next_client_once_the_child_exits() -> None:
+    # Nothing announces a child's exit: the paused loop reaps while it waits.
+    timeouts: list[bool] = []
+
+    class Server(OneChildAtATime):
+        def handle_timeout(self) -> None:
+            timeouts.append(True)
+
+    with Server(("127.0.0.1", 0), Upper) as server:
+        for word in (b"one", b"two"):
+            with connect(server.server_address) as client:
+                client.sendall(word + b"\n")
+                server.handle_request()
+                assert recv_all(client) == word.upper() + b"\n"
+        assert not timeouts
+    with serve_in_thread(OneChildAtATime(("127.0.0.1", 0), Upper), poll_interval=None) \
+            as server:
+        for word in (b"one", b"two"):
+            with connect(server.server_address) as client:
+                client.sendall(word + b"\n")
+                assert recv_all(client) == word.upper() + b"\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3+)")
+def test_cutting_a_forked_childs_connection_never_signals_a_reaped_pid(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps them
+    try:
+        with sockserve.ForkingTCPServer(("127.0.0.1", 0), Upper) as server:
+            with connect(server.server_address) as client:
+                client.sendall(b"x\n")
+                server.handle_request()
+                assert recv_all(client) == b"X\n"
+            (pid,) = list(server.active_children or ())
+            wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the child reaped")
+            killed: list[int] = []
+            monkeypatch.setattr(os, "kill", lambda target, signum: killed.append(target))
+            server.stop_now()  # the pid may be another process's by now
+            assert killed == []
+    finally:
+        signal.signal(signal.SIGCHLD, previous)

@@ -364,3 +364,34 @@ def test_a_timeout_the_handler_sets_itself_outlives_its_file_calls(limits: Any) 
             connect(server.server_address) as client:
         client.sendall(b"line\n")
         assert client.recv(100) == b"timeout\n"
+
+
+def test_a_read_during_a_blocked_write_keeps_its_own_timeout() -> None:
+    # rfile and wfile in two threads: neither takes the other's temporary timeout for
+    # the handler's, and the socket ends with the handler's own (none).
+    outcome: list[Any] = []
+
+    class Duplex(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            def write() -> None:
+                try:
+                    self.wfile.write(b"x" * (64 << 20))  # the client does not read
+                    self.wfile.flush()
+                except TimeoutError:
+                    pass
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            wait_for(lambda: self.request.gettimeout() is not None, what="the write")
+            try:
+                self.rfile.readline()
+            except TimeoutError as exc:
+                outcome.append(str(exc))
+            writer.join(IO_TIMEOUT)
+            outcome.append(self.request.gettimeout())
+
+    with serve_in_thread(make(Duplex, idle_timeout=1.0, write_timeout=0.5)) as server, \
+            connect(server.server_address) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        wait_for(lambda: len(outcome) == 2, what="the handler", timeout=IO_TIMEOUT * 2)
+    assert outcome == ["idle timeout", None]
