@@ -417,14 +417,14 @@ class BaseServer:
         # A connection that closes (or a pool with room again) wakes this wait, as it
         # wakes serve_forever(): at max_connections with overload "pause" the next
         # client waits in the backlog here too, rather than being rejected.
-        own_waker = Waker() if self.__waker is None else None
-        if own_waker is not None:
-            self.__waker = own_waker
+        # Not while serve_forever() runs (elsewhere): its waker's messages are its own.
+        waker = Waker() if self.__waker is None else None
+        if waker is not None:
+            self.__waker = waker
         try:
             with _ServerSelector() as selector:
-                waker = self.__waker
-                assert waker is not None
-                selector.register(waker, selectors.EVENT_READ)
+                if waker is not None:
+                    selector.register(waker, selectors.EVENT_READ)
                 listeners, listening = self._sockserve_listeners(), False
                 while True:
                     now = time.monotonic()
@@ -451,9 +451,9 @@ class BaseServer:
                     if deadline is not None and time.monotonic() >= deadline:
                         return self.handle_timeout()
         finally:
-            if own_waker is not None:
+            if waker is not None:
                 self.__waker = None
-                own_waker.close()
+                waker.close()
 
     def _sockserve_check_settings(self) -> None:
         """Refuse settings that cannot work together (the async servers check too)."""

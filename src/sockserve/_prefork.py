@@ -282,11 +282,13 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                 self._listen_on_own_sockets()
             if self._event_loop_class is not None:
                 self._aio_worker = AsyncWorker(self)
-            self.serve_forever(self._poll_interval)
-            # The event loop may have left SIGTERM at its default action (asyncio's
-            # close() does; the worker blocked it before, AsyncWorker.finished()).
-            signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+            try:
+                self.serve_forever(self._poll_interval)
+            finally:
+                # The event loop may have left SIGTERM at its default action (asyncio's
+                # close() does; the worker blocked it before, AsyncWorker.finished()).
+                signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if self._aio_worker is not None:
                 self._aio_worker.report()  # its loop served its own sockets' backlog
             elif self._own_sockets:
