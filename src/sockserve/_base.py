@@ -379,6 +379,12 @@ class BaseServer:
         return (self.overload != "pause" or self.max_connections is None
                 or len(self._sockserve_connections) < self.max_connections)
 
+    def _sockserve_reclaim(self) -> bool:
+        """A limit refuses a connection: free what is no longer used, if a mix-in
+        knows of some (ForkingMixIn: exited children); True if the limit may be asked
+        again."""
+        return False
+
     def __connection_closed(self) -> None:
         if self.max_connections is not None:
             self._sockserve_wake()  # a paused loop may accept again
@@ -452,7 +458,8 @@ class BaseServer:
                         return self.handle_timeout()
         finally:
             if waker is not None:
-                self.__waker = None
+                if self.__waker is waker:  # not a serve_forever()'s that started since
+                    self.__waker = None
                 waker.close()
 
     def _sockserve_check_settings(self) -> None:
@@ -510,9 +517,13 @@ class BaseServer:
 
     def __admit(self, request: Any, client_address: Any) -> bool:
         """Track a new connection, or reject it if a connection limit says no."""
-        refused_by = self._sockserve_connections.admit(
-            request, client_address, max_total=self.max_connections,
-            max_per_host=self.max_connections_per_ip)
+        registry = self._sockserve_connections
+        refused_by = registry.admit(request, client_address, max_total=self.max_connections,
+                                    max_per_host=self.max_connections_per_ip)
+        if refused_by is not None and self._sockserve_reclaim():
+            refused_by = registry.admit(
+                request, client_address, max_total=self.max_connections,
+                max_per_host=self.max_connections_per_ip)
         if refused_by is not None:
             self.reject_request(request, client_address, f"{refused_by} reached")
             return False

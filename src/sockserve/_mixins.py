@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import struct
 import threading
 import warnings
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,9 @@ def run_request(server: BaseServer, request: Any, client_address: Any) -> None:
 
 
 if hasattr(os, "fork"):
+    # What a ForkingMixIn child writes to its parent as it ends its connection: its pid
+    # (4 bytes, below PIPE_BUF: the writes of several children never mix).
+    DONE = struct.Struct("i")
 
     class ForkingMixIn(_ConcurrencyMixIn):
         """Serve each request in a new child process (``os.fork()``).
@@ -81,6 +85,8 @@ if hasattr(os, "fork"):
         # pid -> the registry's entry for the connection that child serves: counted
         # by the limits until the child is reaped, and cut through the child.
         _sockserve_child_connections: dict[int, ChildConnection] | None = None
+        # A child writes its pid (DONE) here as it ends its connection.
+        _sockserve_done_pipe: tuple[int, int] | None = None
 
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap exited children; above ``max_children``, wait until one exits."""
@@ -115,12 +121,34 @@ if hasattr(os, "fork"):
                 self._sockserve_connections.release(entry)
                 entry.close()
 
+        def _sockserve_reclaim(self) -> bool:
+            # Children whose connections have ended still hold their places.
+            self._sockserve_read_done()
+            self.collect_children()
+            return True
+
         def _sockserve_has_capacity(self) -> bool:
-            # Children free their place by exiting, which nothing announces: reap first.
+            # Children free their place by ending, which nothing announces: look first.
             if super()._sockserve_has_capacity():
                 return True
-            self.collect_children()
+            self._sockserve_reclaim()
             return super()._sockserve_has_capacity()
+
+        def _sockserve_read_done(self) -> None:
+            """Release the connections the children have said they ended."""
+            pipe = self._sockserve_done_pipe
+            entries = self._sockserve_child_connections or {}
+            while pipe is not None:
+                try:
+                    data = os.read(pipe[0], DONE.size * 256)
+                except (BlockingIOError, InterruptedError):
+                    return
+                if not data:
+                    return
+                for (pid,) in DONE.iter_unpack(data):
+                    entry = entries.get(pid)  # kept until reaped: it holds the pidfd
+                    if entry is not None:
+                        self._sockserve_connections.release(entry)
 
         def _sockserve_finish_connections(self, timeout: float | None,
                                           counts_before: tuple[int, int] | None = None
@@ -130,7 +158,7 @@ if hasattr(os, "fork"):
 
             def reap() -> None:
                 while not done.wait(self._sockserve_reap_interval):
-                    self.collect_children()
+                    self._sockserve_reclaim()
 
             reaper = threading.Thread(target=reap, name="sockserve-reap", daemon=True)
             reaper.start()
@@ -150,6 +178,12 @@ if hasattr(os, "fork"):
 
         def process_request(self, request: Any, client_address: Any) -> None:
             """Fork; the child serves the request and exits, the parent closes its copy."""
+            # Reap first: under handle_request() alone nothing else may (each exited
+            # child holds a registry entry and a pidfd until then).
+            self.collect_children()
+            if isinstance(request, socket.socket) and self._sockserve_done_pipe is None:
+                self._sockserve_done_pipe = os.pipe()
+                os.set_blocking(self._sockserve_done_pipe[0], False)
             pid = os.fork()
             if pid:
                 if self.active_children is None:
@@ -172,6 +206,10 @@ if hasattr(os, "fork"):
                 self.handle_error(request, client_address)
             finally:
                 try:
+                    if self._sockserve_done_pipe is not None:
+                        # Before the client sees the end: the parent, asked about a
+                        # limit by that client's next connection, finds this first.
+                        os.write(self._sockserve_done_pipe[1], DONE.pack(os.getpid()))
                     self._sockserve_end(request)
                 finally:
                     os._exit(status)
@@ -195,34 +233,42 @@ if hasattr(os, "fork"):
             for entry in (entries or {}).values():
                 self._sockserve_connections.release(entry)
                 entry.close()
+            pipe, self._sockserve_done_pipe = self._sockserve_done_pipe, None
+            for fd in pipe or ():
+                os.close(fd)
 
     class ChildConnection:
         """A connection a ``ForkingMixIn`` child serves, as the parent's registry holds
         it.  The parent keeps no descriptor of it (the client sees the connection end
         when the child closes it, as in the stdlib), so ``shutdown()``, which a drain's
-        cut calls, ends the child instead: SIGTERM, whose default action (the child's,
-        as in the stdlib) closes the connection with the process."""
+        cut calls, ends the child instead (SIGKILL), and the connection with it."""
 
-        __slots__ = ("pid", "_pidfd")
+        __slots__ = ("pid", "_pidfd", "_gone")
 
         def __init__(self, pid: int) -> None:
             self.pid = pid
             # A pidfd names this process and no other, even once it is reaped and its
             # pid reused (Linux 5.3+); elsewhere the pid, while it is not reaped.
             self._pidfd: int | None = None
+            self._gone = False
             if hasattr(os, "pidfd_open") and hasattr(signal, "pidfd_send_signal"):
                 try:
                     self._pidfd = os.pidfd_open(pid)
+                except ProcessLookupError:
+                    self._gone = True  # ended and reaped already: never signal its pid
                 except OSError:
-                    pass  # an older kernel, or it has ended already
+                    pass  # a kernel without pidfds
 
         def shutdown(self, how: int) -> None:
+            if self._gone:
+                return
             try:
+                # SIGKILL: whatever SIGTERM handler the child inherited, it ends.
                 if self._pidfd is not None:
-                    signal.pidfd_send_signal(self._pidfd, signal.SIGTERM)
+                    signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
                 else:
-                    os.kill(self.pid, signal.SIGTERM)
-            except (ProcessLookupError, OSError):
+                    os.kill(self.pid, signal.SIGKILL)
+            except OSError:
                 pass  # it has ended (or its pidfd is closed: it was reaped)
 
         def close(self) -> None:

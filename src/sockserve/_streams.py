@@ -70,6 +70,11 @@ class StreamLimits:
         return timeout, reason
 
 
+# A call's "no limit": a timeout all the same, so that the descriptor stays in the
+# mode every call in progress expects (SocketTimeouts.enter()).
+FOREVER = 365 * 24 * 3600.0
+
+
 class SocketTimeouts:
     """The timeout a connection's ``rfile`` and ``wfile`` set on its socket for each
     system call, and the handler's own, which the socket gets back when no call is in
@@ -89,33 +94,47 @@ class SocketTimeouts:
         self._active = 0
         self._lock = threading.Lock()
 
+    def _adopt(self) -> None:
+        """The socket shows another timeout than the files last set: the handler's.
+
+        Compared to the microsecond: the socket keeps nanoseconds, so a timeout
+        computed from a deadline reads back a little different.
+        """
+        current, last = self._sock.gettimeout(), self._last_set
+        if current != last and (current is None or last is None
+                                or abs(current - last) > 1e-6):
+            self._own = self._last_set = current
+
+    def _set(self, timeout: float | None) -> None:
+        if timeout != self._last_set:
+            self._sock.settimeout(timeout)
+            self._last_set = timeout
+
     def enter(self, timeout: float | None, reason: str,
               limits: StreamLimits) -> str:
         """Set the socket's timeout for one call: *timeout*, or shorter if the
         handler's own or the connection's lifetime says so; returns what expiry means.
         Every ``enter()`` is followed by one ``leave()``."""
         with self._lock:
-            current = self._sock.gettimeout()
-            if current != self._last_set:
-                self._own = current  # the handler set it since
+            self._adopt()
             own = self._own
             if own is not None and (timeout is None or own < timeout):
                 timeout, reason = own, "timed out"
             timeout, reason = limits.bound(timeout, reason)
-            if timeout != current:
-                self._sock.settimeout(timeout)
-            self._last_set = timeout
+            # Never blocking mode during a call: another thread's call may be in
+            # progress, and a switch would take its timeout away (or make its
+            # blocking call see EAGAIN).
+            self._set(FOREVER if timeout is None else timeout)
             self._active += 1
         return reason
 
     def leave(self) -> None:
         """The call has ended: the last one puts the handler's own timeout back."""
         with self._lock:
+            self._adopt()  # one the handler set meanwhile, from another thread
             self._active -= 1
-            if not self._active and self._last_set != self._own \
-                    and self._sock.fileno() >= 0:
-                self._sock.settimeout(self._own)
-                self._last_set = self._own
+            if not self._active and self._sock.fileno() >= 0:
+                self._set(self._own)
 
 
 class _GuardedSocketIO(socket.SocketIO):

@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import weakref
+from typing import Any
 
 import pytest
 
@@ -191,6 +192,101 @@ def test_cutting_a_forked_childs_connection_never_signals_a_reaped_pid(
             killed: list[int] = []
             monkeypatch.setattr(os, "kill", lambda target, signum: killed.append(target))
             server.stop_now()  # the pid may be another process's by now
+            assert killed == []
+    finally:
+        signal.signal(signal.SIGCHLD, previous)
+
+
+class OnePerClient(sockserve.ForkingTCPServer):
+    max_connections_per_ip = 1
+    timeout = IO_TIMEOUT
+
+
+def test_forking_per_ip_limit_frees_a_clients_place_as_its_connection_ends() -> None:
+    # The child says so (a pipe) before the client sees the end, so the client's next
+    # connection finds the place free, even before the child has exited.
+    with OnePerClient(("127.0.0.1", 0), Upper) as server:
+        for word in (b"one", b"two"):
+            with connect(server.server_address) as client:
+                client.sendall(word + b"\n")
+                server.handle_request()
+                assert recv_all(client) == word.upper() + b"\n"
+        assert server.statistics().rejected == 0
+    with serve_in_thread(OnePerClient(("127.0.0.1", 0), Upper), poll_interval=None) \
+            as server:
+        for word in (b"one", b"two", b"three"):
+            with connect(server.server_address) as client:
+                client.sendall(word + b"\n")
+                assert recv_all(client) == word.upper() + b"\n"
+
+
+def test_a_drain_ends_a_forked_child_whatever_sigterm_handler_it_inherited() -> None:
+    import signal
+
+    class Waits(sockserve.StreamRequestHandler):
+        timeout = IO_TIMEOUT  # the test's client socket is the child's too: bound it
+
+        def handle(self) -> None:
+            self.wfile.write(b"in\n")
+            self.wfile.flush()
+            self.rfile.readline()  # the client sends nothing
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        server = sockserve.ForkingTCPServer(("127.0.0.1", 0), Waits)
+        with serve_in_thread(server), connect(server.server_address) as client:
+            assert client.recv(3) == b"in\n"
+            report = server.drain(0.2)
+            client.settimeout(IO_TIMEOUT / 2)  # shorter than a surviving child's
+            assert client.recv(1) == b""
+        assert report.cut == 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_handle_request_leaves_a_serve_forever_started_meanwhile_its_waker() -> None:
+    class Server(sockserve.TCPServer):
+        timeout = 0.5  # handle_request() returns through handle_timeout()
+
+    server = Server(("127.0.0.1", 0), Upper)
+    try:
+        waiting = threading.Thread(target=server.handle_request)
+        waiting.start()
+        wait_for(lambda: server._BaseServer__waker is not None,  # type: ignore[attr-defined]
+                 what="handle_request() to wait")
+        loop = threading.Thread(target=server.serve_forever, args=(None,))
+        loop.start()
+        wait_for(server.is_serving, what="serve_forever()")
+        waiting.join(IO_TIMEOUT)
+        server.shutdown()  # would wait for ever if the loop's waker were gone
+        loop.join(IO_TIMEOUT)
+        assert not loop.is_alive()
+    finally:
+        server.server_close()
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3+)")
+def test_a_child_reaped_before_its_pidfd_is_opened_is_never_signalled(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import signal
+
+    real_open = os.pidfd_open
+
+    def late_open(pid: int, *args: Any) -> int:  # the kernel reaps it first
+        wait_for(lambda: not os.path.exists(f"/proc/{pid}"), what="the child reaped")
+        return real_open(pid, *args)
+
+    previous = signal.signal(signal.SIGCHLD, signal.SIG_IGN)
+    try:
+        monkeypatch.setattr(os, "pidfd_open", late_open)
+        with sockserve.ForkingTCPServer(("127.0.0.1", 0), Upper) as server:
+            with connect(server.server_address) as client:
+                client.sendall(b"x\n")
+                server.handle_request()
+                assert recv_all(client) == b"X\n"
+            killed: list[int] = []
+            monkeypatch.setattr(os, "kill", lambda target, signum: killed.append(target))
+            server.stop_now()
             assert killed == []
     finally:
         signal.signal(signal.SIGCHLD, previous)

@@ -395,3 +395,95 @@ def test_a_read_during_a_blocked_write_keeps_its_own_timeout() -> None:
         client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         wait_for(lambda: len(outcome) == 2, what="the handler", timeout=IO_TIMEOUT * 2)
     assert outcome == ["idle timeout", None]
+
+
+def test_a_read_with_a_lifetime_beside_a_blocked_write_keeps_the_handlers_timeout() -> None:
+    # Timeouts computed from a deadline read back rounded (nanoseconds): that must not
+    # look like a timeout the handler set.
+    outcome: list[Any] = []
+
+    class Duplex(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            def write() -> None:
+                try:
+                    self.wfile.write(b"x" * (64 << 20))  # the client does not read
+                except OSError:
+                    pass
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            wait_for(lambda: self.request.gettimeout() is not None, what="the write")
+            outcome.append(self.rfile.readline())
+            self.request.shutdown(socket.SHUT_WR)  # ends the blocked write (EPIPE)
+            writer.join(IO_TIMEOUT)
+            outcome.append(self.request.gettimeout())
+
+    with serve_in_thread(make(Duplex, connection_lifetime=60.0)) as server, \
+            connect(server.server_address) as client:
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.sendall(b"line\n")
+        wait_for(lambda: len(outcome) == 2, what="the handler", timeout=IO_TIMEOUT * 2)
+    assert outcome == [b"line\n", None]
+
+
+def test_a_read_without_a_limit_leaves_a_blocked_writes_timeout_alone() -> None:
+    # Only write_timeout: the read has no limit, yet must not put the socket in
+    # blocking mode under the write (whose next send() would then block unbounded).
+    from sockserve._streams import FOREVER
+    outcome: list[Any] = []
+
+    class Duplex(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            def write() -> None:
+                try:
+                    self.wfile.write(b"x" * (64 << 20))
+                except OSError as exc:
+                    outcome.append(exc)
+
+            writer = threading.Thread(target=write)
+            writer.start()
+            wait_for(lambda: self.request.gettimeout() == 1.0, what="the write")
+            def read() -> None:
+                try:
+                    self.rfile.readline()
+                except OSError:
+                    pass  # the client has gone
+
+            reader = threading.Thread(target=read)
+            reader.start()
+            wait_for(lambda: self.request.gettimeout() == FOREVER, what="the read")
+            outcome.append("reading")
+            writer.join(IO_TIMEOUT * 2)
+            reader.join(IO_TIMEOUT * 2)
+
+    with serve_in_thread(make(Duplex, write_timeout=1.0)) as server:
+        with connect(server.server_address) as client:
+            wait_for(lambda: outcome == ["reading"], what="the read to start")
+            received = 0  # read a little, so that the write goes on, then stop
+            while received < (4 << 20):
+                received += len(client.recv(65536))
+            wait_for(lambda: len(outcome) == 2, what="the write to time out",
+                     timeout=IO_TIMEOUT * 2)
+    assert isinstance(outcome[1], TimeoutError)
+
+
+def test_a_timeout_the_handler_sets_during_a_file_call_is_kept() -> None:
+    outcome: list[Any] = []
+    timeout_set = threading.Event()
+
+    class Handler(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            reader = threading.Thread(target=lambda: outcome.append(self.rfile.readline()))
+            reader.start()
+            wait_for(lambda: self.request.gettimeout() == 7.0, what="the read")
+            self.request.settimeout(3.0)
+            timeout_set.set()
+            reader.join(IO_TIMEOUT)
+            outcome.append(self.request.gettimeout())
+
+    with serve_in_thread(make(Handler, idle_timeout=7.0)) as server, \
+            connect(server.server_address) as client:
+        assert timeout_set.wait(IO_TIMEOUT)
+        client.sendall(b"line\n")
+        wait_for(lambda: len(outcome) == 2, what="the handler")
+    assert outcome == [b"line\n", 3.0]
