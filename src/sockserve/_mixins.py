@@ -7,6 +7,7 @@ serves one request at a time; here defining such a class warns.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -90,6 +91,7 @@ if hasattr(os, "fork"):
 
         def collect_children(self, *, blocking: bool = False) -> None:
             """Reap exited children; above ``max_children``, wait until one exits."""
+            self._sockserve_read_done()
             if self.active_children is None:
                 return
             # Over the limit, waitpid(-1) reaps any exited child in one call per child;
@@ -122,9 +124,7 @@ if hasattr(os, "fork"):
                 entry.close()
 
         def _sockserve_reclaim(self) -> bool:
-            # Children whose connections have ended still hold their places.
-            self._sockserve_read_done()
-            self.collect_children()
+            self.collect_children()  # ended connections, exited children: free places
             return True
 
         def _sockserve_has_capacity(self) -> bool:
@@ -183,7 +183,8 @@ if hasattr(os, "fork"):
             self.collect_children()
             if isinstance(request, socket.socket) and self._sockserve_done_pipe is None:
                 self._sockserve_done_pipe = os.pipe()
-                os.set_blocking(self._sockserve_done_pipe[0], False)
+                for end in self._sockserve_done_pipe:  # a full pipe never holds a child
+                    os.set_blocking(end, False)
             pid = os.fork()
             if pid:
                 if self.active_children is None:
@@ -209,7 +210,10 @@ if hasattr(os, "fork"):
                     if self._sockserve_done_pipe is not None:
                         # Before the client sees the end: the parent, asked about a
                         # limit by that client's next connection, finds this first.
-                        os.write(self._sockserve_done_pipe[1], DONE.pack(os.getpid()))
+                        # (Full: the parent has not read for a while; reaping frees
+                        # the place instead.)
+                        with contextlib.suppress(OSError):
+                            os.write(self._sockserve_done_pipe[1], DONE.pack(os.getpid()))
                     self._sockserve_end(request)
                 finally:
                     os._exit(status)
