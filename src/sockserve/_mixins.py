@@ -207,16 +207,25 @@ if hasattr(os, "fork"):
                 self.handle_error(request, client_address)
             finally:
                 try:
-                    if self._sockserve_done_pipe is not None:
-                        # Before the client sees the end: the parent, asked about a
-                        # limit by that client's next connection, finds this first.
-                        # (Full: the parent has not read for a while; reaping frees
-                        # the place instead.)
-                        with contextlib.suppress(OSError):
-                            os.write(self._sockserve_done_pipe[1], DONE.pack(os.getpid()))
+                    # With the stdlib's quick shutdown_request(), say so before the
+                    # client sees the end: the parent, asked about a limit by that
+                    # client's next connection, finds this first.  An override may
+                    # take its time (a lingering close): then only once it is done.
+                    quick = _ends_quickly(self)
+                    if quick:
+                        self._sockserve_say_done()
                     self._sockserve_end(request)
+                    if not quick:
+                        self._sockserve_say_done()
                 finally:
                     os._exit(status)
+
+        def _sockserve_say_done(self) -> None:
+            """In a child: tell the parent that its connection has ended."""
+            if self._sockserve_done_pipe is not None:
+                # Full: the parent has not read for a while; reaping frees the place.
+                with contextlib.suppress(OSError):
+                    os.write(self._sockserve_done_pipe[1], DONE.pack(os.getpid()))
 
         def _sockserve_hand_to_child(self, pid: int, request: Any) -> None:
             """The connection is the child *pid*'s now (stream servers): its registry
@@ -240,6 +249,13 @@ if hasattr(os, "fork"):
             pipe, self._sockserve_done_pipe = self._sockserve_done_pipe, None
             for fd in pipe or ():
                 os.close(fd)
+
+    def _ends_quickly(server: Any) -> bool:
+        """Whether *server* ends a connection with the stdlib's own hooks (shut down,
+        close), not overrides that may take their time."""
+        cls = type(server)
+        return cls.shutdown_request is TCPServer.shutdown_request and \
+            cls.close_request is TCPServer.close_request
 
     class ChildConnection:
         """A connection a ``ForkingMixIn`` child serves, as the parent's registry holds

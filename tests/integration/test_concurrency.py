@@ -290,3 +290,42 @@ def test_a_child_reaped_before_its_pidfd_is_opened_is_never_signalled(
             assert killed == []
     finally:
         signal.signal(signal.SIGCHLD, previous)
+
+
+class LingeringClose(sockserve.ForkingTCPServer):
+    """shutdown_request() as an HTTP server may write it: wait for the client's end."""
+
+    def shutdown_request(self, request: socket.socket) -> None:
+        try:
+            request.shutdown(socket.SHUT_WR)
+            request.settimeout(IO_TIMEOUT * 4)
+            while request.recv(4096):
+                pass
+        except OSError:
+            pass
+        self.close_request(request)
+
+
+class Hello(sockserve.StreamRequestHandler):
+    def handle(self) -> None:
+        self.wfile.write(b"hi\n")
+
+
+def test_a_forked_child_still_in_its_shutdown_request_counts_and_is_cut() -> None:
+    server = LingeringClose(("127.0.0.1", 0), Hello)
+    with serve_in_thread(server), connect(server.server_address) as client:
+        assert client.recv(3) == b"hi\n"
+        assert client.recv(1) == b""  # SHUT_WR: the child lingers in shutdown_request()
+        report = server.drain(0.2)
+        (pid,) = list(server.active_children or ())
+        wait_for(lambda: process_state(pid) in ("Z", None), what="the child ended by the cut")
+    assert (report.finished, report.cut) == (0, 1)
+
+
+def process_state(pid: int) -> str | None:
+    """The state letter of process *pid* ("Z": ended, not yet reaped), None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
