@@ -329,3 +329,26 @@ def process_state(pid: int) -> str | None:
             return stat.read().rsplit(")", 1)[1].split()[0]
     except FileNotFoundError:
         return None
+
+
+def test_forked_children_never_wait_on_a_full_done_pipe() -> None:
+    server = sockserve.ForkingTCPServer(("127.0.0.1", 0), Upper)
+    server.timeout = IO_TIMEOUT
+    try:
+        with connect(server.server_address) as client:
+            client.sendall(b"a\n")
+            server.handle_request()
+            assert recv_all(client) == b"A\n"
+        assert server._sockserve_done_pipe is not None
+        write_end = server._sockserve_done_pipe[1]
+        try:
+            while True:  # what ~16k earlier children leave if the parent never reads
+                os.write(write_end, b"\0" * 4096)
+        except BlockingIOError:
+            pass
+        with connect(server.server_address) as client:
+            client.sendall(b"b\n")
+            server.handle_request()
+            assert recv_all(client) == b"B\n"
+    finally:
+        server.server_close()
