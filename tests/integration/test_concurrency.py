@@ -161,18 +161,21 @@ def test_forking_at_max_connections_serves_the_next_client_once_the_child_exits(
             timeouts.append(True)
 
     with Server(("127.0.0.1", 0), Upper) as server:
-        for word in (b"one", b"two"):
-            with connect(server.server_address) as client:
-                client.sendall(word + b"\n")
-                server.handle_request()
-                assert recv_all(client) == word.upper() + b"\n"
+        one_after_another(server, handle_request=True)
         assert not timeouts
     with serve_in_thread(OneChildAtATime(("127.0.0.1", 0), Upper), poll_interval=None) \
             as server:
-        for word in (b"one", b"two"):
-            with connect(server.server_address) as client:
-                client.sendall(word + b"\n")
-                assert recv_all(client) == word.upper() + b"\n"
+        one_after_another(server)
+
+
+def one_after_another(server: Any, *, handle_request: bool = False) -> None:
+    """Three clients, each once the one before has its reply (and sees the end)."""
+    for word in (b"one", b"two", b"three"):
+        with connect(server.server_address) as client:
+            client.sendall(word + b"\n")
+            if handle_request:
+                server.handle_request()
+            assert recv_all(client) == word.upper() + b"\n"
 
 
 @pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="needs pidfds (Linux 5.3+)")
@@ -206,18 +209,11 @@ def test_forking_per_ip_limit_frees_a_clients_place_as_its_connection_ends() -> 
     # The child says so (a pipe) before the client sees the end, so the client's next
     # connection finds the place free, even before the child has exited.
     with OnePerClient(("127.0.0.1", 0), Upper) as server:
-        for word in (b"one", b"two"):
-            with connect(server.server_address) as client:
-                client.sendall(word + b"\n")
-                server.handle_request()
-                assert recv_all(client) == word.upper() + b"\n"
+        one_after_another(server, handle_request=True)
         assert server.statistics().rejected == 0
     with serve_in_thread(OnePerClient(("127.0.0.1", 0), Upper), poll_interval=None) \
             as server:
-        for word in (b"one", b"two", b"three"):
-            with connect(server.server_address) as client:
-                client.sendall(word + b"\n")
-                assert recv_all(client) == word.upper() + b"\n"
+        one_after_another(server)
 
 
 def test_a_drain_ends_a_forked_child_whatever_sigterm_handler_it_inherited() -> None:

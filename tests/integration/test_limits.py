@@ -366,6 +366,23 @@ def test_a_timeout_the_handler_sets_itself_outlives_its_file_calls(limits: Any) 
         assert client.recv(100) == b"timeout\n"
 
 
+def flood_in_thread(handler: Any, errors: list[Any]) -> threading.Thread:
+    """Write more through *handler*'s wfile than a client that does not read takes, in
+    a thread of its own (its OSError goes to *errors*); returns once the write has set
+    its timeout on the socket."""
+    def write() -> None:
+        try:
+            handler.wfile.write(b"x" * (64 << 20))
+            handler.wfile.flush()
+        except OSError as exc:
+            errors.append(exc)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    wait_for(lambda: handler.request.gettimeout() is not None, what="the write")
+    return writer
+
+
 def test_a_read_during_a_blocked_write_keeps_its_own_timeout() -> None:
     # rfile and wfile in two threads: neither takes the other's temporary timeout for
     # the handler's, and the socket ends with the handler's own (none).
@@ -373,16 +390,7 @@ def test_a_read_during_a_blocked_write_keeps_its_own_timeout() -> None:
 
     class Duplex(sockserve.StreamRequestHandler):
         def handle(self) -> None:
-            def write() -> None:
-                try:
-                    self.wfile.write(b"x" * (64 << 20))  # the client does not read
-                    self.wfile.flush()
-                except TimeoutError:
-                    pass
-
-            writer = threading.Thread(target=write)
-            writer.start()
-            wait_for(lambda: self.request.gettimeout() is not None, what="the write")
+            writer = flood_in_thread(self, [])
             try:
                 self.rfile.readline()
             except TimeoutError as exc:
@@ -404,15 +412,7 @@ def test_a_read_with_a_lifetime_beside_a_blocked_write_keeps_the_handlers_timeou
 
     class Duplex(sockserve.StreamRequestHandler):
         def handle(self) -> None:
-            def write() -> None:
-                try:
-                    self.wfile.write(b"x" * (64 << 20))  # the client does not read
-                except OSError:
-                    pass
-
-            writer = threading.Thread(target=write)
-            writer.start()
-            wait_for(lambda: self.request.gettimeout() is not None, what="the write")
+            writer = flood_in_thread(self, [])
             outcome.append(self.rfile.readline())
             self.request.shutdown(socket.SHUT_WR)  # ends the blocked write (EPIPE)
             writer.join(IO_TIMEOUT)
@@ -434,15 +434,8 @@ def test_a_read_without_a_limit_leaves_a_blocked_writes_timeout_alone() -> None:
 
     class Duplex(sockserve.StreamRequestHandler):
         def handle(self) -> None:
-            def write() -> None:
-                try:
-                    self.wfile.write(b"x" * (64 << 20))
-                except OSError as exc:
-                    outcome.append(exc)
+            writer = flood_in_thread(self, outcome)
 
-            writer = threading.Thread(target=write)
-            writer.start()
-            wait_for(lambda: self.request.gettimeout() == 1.0, what="the write")
             def read() -> None:
                 try:
                     self.rfile.readline()
