@@ -52,6 +52,14 @@ ACCEPT_IGNORED_ERRNOS = frozenset(
 OverloadPolicy = Literal["pause", "reject"]
 
 
+def _earliest(timeout: float | None, *dues: float | None) -> float | None:
+    """*timeout*, or the first of the positive *dues* if one comes sooner."""
+    for due in dues:
+        if due is not None and due > 0 and (timeout is None or due < timeout):
+            timeout = due
+    return timeout
+
+
 class BaseServer:
     """Base class for server classes: the serving loop and the request hooks.
 
@@ -205,21 +213,9 @@ class BaseServer:
         listeners = self._sockserve_listeners()
         listening = False
         while not self.__shutdown_request:
-            pause = self.__accept_resume_at - time.monotonic()
-            if listening != (pause <= 0 and self._sockserve_has_capacity()):
-                for listener in listeners:
-                    if listening:
-                        selector.unregister(listener)
-                    else:
-                        selector.register(listener, selectors.EVENT_READ, "listener")
-                listening = not listening
-            timeout = poll_interval
+            listening, pause, recheck = self.__listen_if_able(selector, listeners, listening)
             handshake_due = self.__handshakes.expire() if self.__handshakes else None
-            recheck = None if listening else self._sockserve_capacity_poll
-            for due in (pause, handshake_due, recheck):
-                if due is not None and due > 0 and (timeout is None or due < timeout):
-                    timeout = due
-            ready = selector.select(timeout)
+            ready = selector.select(_earliest(poll_interval, pause, handshake_due, recheck))
             requests_ready = []
             for key, events in ready:
                 if key.data == "listener":
@@ -239,6 +235,21 @@ class BaseServer:
                     break  # several listeners were ready: the rest wait in their backlogs
                 self.__accept_from(listener)
             self.service_actions()
+
+    def __listen_if_able(self, selector: selectors.BaseSelector, listeners: list[Any],
+                         listening: bool) -> tuple[bool, float, float | None]:
+        """(Un)register *listeners* in *selector*: accept unless backing off or at
+        capacity.  Returns whether it listens now, the back-off left, and when to look
+        at the capacity again (``_sockserve_capacity_poll`` while not listening)."""
+        pause = self.__accept_resume_at - time.monotonic()
+        if listening != (pause <= 0 and self._sockserve_has_capacity()):
+            for listener in listeners:
+                if listening:
+                    selector.unregister(listener)
+                else:
+                    selector.register(listener, selectors.EVENT_READ, "listener")
+            listening = not listening
+        return listening, pause, None if listening else self._sockserve_capacity_poll
 
     def __accept_from(self, listener: Any) -> None:
         """One request from *listener* (the server itself, or one of extra_sockets)."""
@@ -433,23 +444,12 @@ class BaseServer:
                     selector.register(waker, selectors.EVENT_READ)
                 listeners, listening = self._sockserve_listeners(), False
                 while True:
-                    now = time.monotonic()
                     # Clamped at 0: a zero timeout still polls once, as in the stdlib.
-                    remaining = None if deadline is None else max(0.0, deadline - now)
-                    pause = self.__accept_resume_at - now  # out of descriptors: back off
-                    if listening != (pause <= 0 and self._sockserve_has_capacity()):
-                        for listener in listeners:
-                            if listening:
-                                selector.unregister(listener)
-                            else:
-                                selector.register(listener, selectors.EVENT_READ)
-                        listening = not listening
-                    wait = remaining
-                    recheck = None if listening else self._sockserve_capacity_poll
-                    for due in (pause, recheck):
-                        if due is not None and due > 0 and (wait is None or due < wait):
-                            wait = due
-                    for key, _ in selector.select(wait):
+                    remaining = None if deadline is None \
+                        else max(0.0, deadline - time.monotonic())
+                    listening, pause, recheck = self.__listen_if_able(
+                        selector, listeners, listening)
+                    for key, _ in selector.select(_earliest(remaining, pause, recheck)):
                         if key.fileobj is waker:
                             waker.read_messages()
                         else:
@@ -517,13 +517,14 @@ class BaseServer:
 
     def __admit(self, request: Any, client_address: Any) -> bool:
         """Track a new connection, or reject it if a connection limit says no."""
-        registry = self._sockserve_connections
-        refused_by = registry.admit(request, client_address, max_total=self.max_connections,
-                                    max_per_host=self.max_connections_per_ip)
-        if refused_by is not None and self._sockserve_reclaim():
-            refused_by = registry.admit(
+        def admit() -> str | None:
+            return self._sockserve_connections.admit(
                 request, client_address, max_total=self.max_connections,
                 max_per_host=self.max_connections_per_ip)
+
+        refused_by = admit()
+        if refused_by is not None and self._sockserve_reclaim():
+            refused_by = admit()
         if refused_by is not None:
             self.reject_request(request, client_address, f"{refused_by} reached")
             return False

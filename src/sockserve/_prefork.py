@@ -271,7 +271,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             self._supervisor = None
             # SIGTERM from the supervisor: stop accepting, finish in-flight requests.
             # The handler only sets a flag and wakes the loop (it runs on this thread).
-            signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
+            signal.signal(signal.SIGTERM, self._on_sigterm)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's
             for signum in SUPERVISOR_SIGNALS:  # so are these (the runner's): not acted on
                 signal.signal(signum, _not_for_workers)
@@ -287,7 +287,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             finally:
                 # The event loop may have left SIGTERM at its default action (asyncio's
                 # close() does; the worker blocked it before, AsyncWorker.finished()).
-                signal.signal(signal.SIGTERM, lambda signum, frame: self._stop_worker())
+                signal.signal(signal.SIGTERM, self._on_sigterm)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             if self._aio_worker is not None:
                 self._aio_worker.report()  # its loop served its own sockets' backlog
@@ -330,8 +330,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             self._aio_worker.stop()
             return
         BaseServer.shutdown(self)  # on the loop's (main) thread: sets the flag, returns
-        channel = self._drain_channel
-        draining, timeout = channel.requested() if channel is not None else (False, None)
+        draining, timeout = self._drain_requested()
         if not draining:
             timeout = self.drain_timeout
         if (draining or timeout is not None) and self._drain_thread is None:
@@ -340,6 +339,15 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                 target=self._drain_worker, args=(timeout, draining), name="sockserve-drain",
                 daemon=True)
             self._drain_thread.start()
+
+    def _on_sigterm(self, signum: int, frame: object) -> None:
+        """A worker's SIGTERM handler (on its main thread): ``_stop_worker()``."""
+        self._stop_worker()
+
+    def _drain_requested(self) -> tuple[bool, float | None]:
+        """In a worker: whether the supervisor drains, and with what timeout."""
+        channel = self._drain_channel
+        return channel.requested() if channel is not None else (False, None)
 
     def _drain_worker(self, timeout: float | None, report: bool) -> None:
         counts = self._sockserve_finish_connections(timeout)

@@ -62,8 +62,7 @@ class AsyncWorker:
 
     def _stop_on_loop(self, serving: Serving) -> None:
         server = self.server
-        channel = server._drain_channel
-        draining, timeout = channel.requested() if channel is not None else (False, None)
+        draining, timeout = server._drain_requested()
         if serving.stop.done():
             # Already stopping (recycled, replaced): a supervisor's drain still sets
             # the deadline and gets the report.
