@@ -99,6 +99,10 @@ UDP_SERVERS = {
     "sockserve_async_udp": "{python} {servers}/sockserve_async.py --udp",
     "sockserve_async_asyncio_udp": "{python} {servers}/sockserve_async.py --udp --loop asyncio",
     "coroutine_floor_udp": "{python} {servers}/coroutine_floor.py --udp",
+    "sockserve_async_prefork1_udp": "{python} {servers}/sockserve_async.py --udp --workers 1"
+                                    " --all-cpus",
+    "sockserve_async_prefork2_udp": "{python} {servers}/sockserve_async.py --udp --workers 2"
+                                    " --all-cpus",
 }
 REFERENCES = "c_epoll,stdlib_threading,c_epoll_udp,stdlib_threading_udp"
 # The C server in its never-sleeping mode, measured in every round of the request/response

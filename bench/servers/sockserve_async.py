@@ -5,7 +5,7 @@
 
 The stream handler echoes each chunk as it arrives, awaiting drain() only when the
 transport asks for it; the datagram handler replies with send().  ``--workers N``
-serves streams with N pre-forked workers, an event loop each (``PreForkMixIn`` before
+serves with N pre-forked workers, an event loop each (``PreForkMixIn`` before
 ``AsyncMixIn``); ``--all-cpus`` lets them spread over every CPU.
 """
 
@@ -46,8 +46,8 @@ def main() -> None:
     handler = DatagramEcho if args.udp else StreamEcho
     if args.workers:
         import sockserve
-        server_class = type("PreForkAsyncTCPServer",
-                            (sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.TCPServer),
+        base = sockserve.UDPServer if args.udp else sockserve.TCPServer
+        server_class = type("PreForkAsyncServer", (sockserve.PreForkMixIn, aio.AsyncMixIn, base),
                             {"workers": args.workers})
     with server_class((HOST, args.port), handler, loop_factory=args.loop) as server:
         announce(server.server_address[1])

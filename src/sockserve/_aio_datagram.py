@@ -237,6 +237,12 @@ class DatagramServing(asyncio.DatagramProtocol):
         if getattr(exc, "errno", None) not in DATAGRAM_IGNORED_ERRNOS:
             logger.warning("datagram socket error on %s: %s", self.server.server_address, exc)
 
+    async def aclose(self) -> None:
+        """Close the endpoint (serving has stopped) and wait until it is closed."""
+        if self.transport is not None:
+            self.transport.close()
+            await self.closed
+
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():
             self.closed.set_result(None)

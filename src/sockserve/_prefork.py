@@ -160,12 +160,6 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             raise TypeError(f"{cls.__qualname__}: put PreForkMixIn before "
                             f"{event_loop.__name__}, or the event loop would serve in the "
                             "supervisor, with no worker")
-        if getattr(cls, "socket_type", None) == socket.SOCK_DGRAM:
-            raise TypeError(
-                f"{cls.__qualname__}: async datagram handlers are not served by pre-forked "
-                "workers yet (a stopping worker could not leave the shared socket's "
-                "datagrams to the others); use a sync DatagramRequestHandler with "
-                "PreForkMixIn, or one AsyncUDPServer per process on a SO_REUSEPORT address")
         cls._event_loop_class = event_loop
 
     def _serving_methods(self) -> Any:

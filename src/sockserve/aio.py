@@ -36,6 +36,7 @@ from ._aio_handlers import (
 from ._aio_loop import LoopChoice, resolve_loop_factory
 from ._aio_serving import NO_CONNECTIONS, Serving
 from ._aio_streams import READ_LIMIT, BufferedConnectionReader, ConnectionReader, LineTooLongError
+from ._aio_worker_datagram import WorkerDatagramServing, stop_reading
 from ._aio_writer import ConnectionWriter
 from ._server import TCPServer, UDPServer
 from .stats import DrainReport, ServerStatistics
@@ -253,7 +254,8 @@ class AsyncMixIn(_ServerBase):
     async def _listen_on(self, serving: Serving, sock: socket.socket) -> None:
         loop = serving.loop
         if self.socket_type == socket.SOCK_DGRAM:
-            protocol = DatagramServing(serving)
+            protocol = (DatagramServing if self._aio_worker is None
+                        else WorkerDatagramServing)(serving)
             serving.endpoints.append(protocol)
             await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
             return
@@ -278,19 +280,20 @@ class AsyncMixIn(_ServerBase):
         serving.listeners.append(listener)
 
     async def _stop_serving(self, serving: Serving) -> None:
-        drain = serving.drain
-        if not serving.endpoints:
-            shared = self._aio_worker.shared_sockets() if self._aio_worker is not None else []
-            await serving.stop_accepting([self.socket, *self.extra_sockets],
-                                         drain is not None and drain[1], shared)
-            if self._aio_worker is not None:
-                self._aio_worker.stopped_accepting()
+        drain, worker = serving.drain, self._aio_worker
+        socks = [self.socket, *self.extra_sockets]
+        shared = worker.shared_sockets() if worker is not None else []
+        if serving.endpoints:
+            if worker is not None:
+                await stop_reading(serving, socks, shared)
+        else:
+            await serving.stop_accepting(socks, drain is not None and drain[1], shared)
+        if worker is not None:
+            worker.stopped_accepting()
         grace = drain[0] if drain is not None else self._aio_grace()
         report = await serving.close(grace)
         for endpoint in serving.endpoints:
-            if endpoint.transport is not None:
-                endpoint.transport.close()
-                await endpoint.closed
+            await endpoint.aclose()
         if report.open and (drain is not None or grace):
             logger.info("drained %s: %d connections finished, %d cut",
                         self.server_address, report.finished, report.cut)

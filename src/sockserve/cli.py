@@ -181,9 +181,6 @@ def server_class_for(sock: socket.socket, model: str, handlers: str = "blocking"
     prefix = {"serial": "", "threads": "Threading", "pool": "ThreadPool",
               "prefork": "PreFork", "green": "Green", "evented": "Evented"}[model]
     if model == "prefork":  # each worker gets a pool, an event loop, or serves evented
-        if handlers == "async" and not stream:
-            raise SockServeError("--model prefork serves async handlers on stream sockets "
-                                 "only; use --model async for datagrams")
         from . import aio
         inner = {"framed": sockserve.EventedMixIn, "async": aio.AsyncMixIn}.get(
             handlers, sockserve.ThreadPoolMixIn)

@@ -77,6 +77,13 @@ class AsyncUpper(aio.AsyncStreamRequestHandler):
             self.writer.write(b"%d %s" % (os.getpid(), line.upper()))
 
 
+class AsyncUpperDatagram(aio.AsyncDatagramRequestHandler):
+    """An async datagram handler: the CLI serves it on an event loop."""
+
+    async def handle(self) -> None:
+        self.send(b"%d %s" % (os.getpid(), self.packet.upper()))
+
+
 # A restarted copy (it inherits SOCKSERVE_LISTEN_FD) that the tests hold or break:
 if os.environ.get("SOCKSERVE_LISTEN_FD"):
     if os.environ.get("SOCKSERVE_TEST_HOLD_RESTART"):

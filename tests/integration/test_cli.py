@@ -125,6 +125,30 @@ def test_serve_on_a_unix_socket_with_mode(tmp_path: Path) -> None:
         proc.stdout.close()
 
 
+def test_async_datagram_handlers_in_prefork_workers() -> None:
+    import os
+    import socket
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:AsyncUpperDatagram",
+         "--bind", "udp://127.0.0.1:0", "--model", "prefork", "--workers", "1"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    try:
+        match = re.search(r"serving UDP on (\S+):(\d+)", proc.stdout.readline())
+        assert match
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.settimeout(5)
+            client.sendto(b"hi", (match.group(1), int(match.group(2))))
+            pid, reply = client.recv(100).split()
+        assert reply == b"HI" and int(pid) not in (proc.pid, os.getpid())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+
+
 def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["echo", "--udp", "--host", "127.0.0.1", "--port", "0",
                  "--model", "green"]) != 0
@@ -136,8 +160,6 @@ def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> No
      "--model pool cannot serve Upper (a framed handler); use --model evented or prefork"),
     (["serve", "tests.integration.apps:AsyncUpper", "--model", "threads"],
      "use --model async or prefork"),
-    (["serve", "tests.integration.apps:AsyncUpper", "--model", "prefork", "--bind",
-      "udp://127.0.0.1:0"], "--model prefork serves async handlers on stream sockets only"),
     (["serve", "tests.integration.apps:Pid", "--model", "evented"],
      "--model evented cannot serve Pid"),
     (["serve", "no_such_module:Handler"], "cannot import 'no_such_module'"),

@@ -167,12 +167,6 @@ def test_async_mixin_before_prefork_is_refused_rather_than_served_without_worker
             pass
 
 
-def test_async_datagram_workers_are_refused() -> None:
-    with pytest.raises(TypeError, match="datagram"):
-        class Server(sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.UDPServer):
-            pass
-
-
 def test_a_drain_reaches_a_worker_already_recycling(loop_name: LoopName) -> None:
     # Recycled with a connection held: the supervisor's drain still cuts it at its
     # deadline (not graceful_timeout) and counts it.
@@ -232,3 +226,168 @@ def test_the_supervisor_waits_for_a_worker_closing_a_client_that_does_not_read()
         report = server.drain(0.2)
     assert report == DrainReport(open=1, finished=0, cut=1)
     assert server.statistics().workers.crashed == 0
+
+
+class DatagramPid(aio.AsyncDatagramRequestHandler):
+    """Replies with the worker's pid; ``hold <port>`` first connects to that TCP port on
+    loopback (the test's: it sees the handler running) and waits there for a line."""
+
+    async def handle(self) -> None:
+        if self.packet.startswith(b"hold "):
+            reader, writer = await asyncio.open_connection(
+                "127.0.0.1", int(self.packet.split()[1]))
+            try:
+                await reader.readline()
+            finally:
+                writer.close()
+        self.send(b"%d" % os.getpid())
+
+
+def ask_datagram(address: Any, packet: bytes = b"pid") -> int:
+    """The pid of the worker that answered *packet*, from a client on a new port."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(IO_TIMEOUT)
+        client.sendto(packet, address)
+        return int(client.recv(100))
+
+
+class HeldDatagram:
+    """A ``hold`` datagram whose handler waits on a loopback connection the test
+    accepts: ``release()`` lets it reply, and returns the pid it replied with."""
+
+    def __init__(self, address: Any) -> None:
+        self.control = socket.create_server(("127.0.0.1", 0))
+        self.control.settimeout(IO_TIMEOUT)
+        self.client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.client.settimeout(IO_TIMEOUT)
+        self.client.sendto(b"hold %d" % self.control.getsockname()[1], address)
+        self.handler, _ = self.control.accept()  # the handler runs
+
+    def release(self) -> int:
+        self.handler.sendall(b"go\n")
+        return int(self.client.recv(100))
+
+    def close(self) -> None:
+        for sock in (self.handler, self.control, self.client):
+            sock.close()
+
+
+def test_workers_serve_async_datagram_handlers(loop_name: LoopName, unix_path: str) -> None:
+    with serve_in_thread(prefork(loop_name, DatagramPid, sockserve.UDPServer,
+                                 workers=2)) as server:
+        wait_for(lambda: len(server.worker_pids()) == 2, what="two workers")
+        pids = {ask_datagram(server.server_address) for _ in range(10)}
+        assert pids <= set(server.worker_pids())
+    server = prefork(loop_name, DatagramPid, sockserve.UnixDatagramServer, unix_path,
+                     workers=1)
+    with serve_in_thread(server), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(unix_path + ".client")
+        client.settimeout(IO_TIMEOUT)
+        client.sendto(b"pid", unix_path)
+        assert int(client.recv(100)) in server.worker_pids()
+    os.unlink(unix_path + ".client")
+    assert server.statistics().workers.crashed == 0
+
+
+def test_a_stopping_datagram_worker_leaves_new_datagrams_to_the_others_and_still_replies(
+        loop_name: LoopName) -> None:
+    # max_requests=2: the held datagram is the old worker's last.  It stops taking
+    # datagrams from the shared socket at once (with uvloop only closing its transport
+    # does that), so every later one is the replacement's (ask_datagram() raises if
+    # one goes unanswered); and its held handler still gets its reply out.
+    with serve_in_thread(prefork(loop_name, DatagramPid, sockserve.UDPServer,
+                                 workers=1, max_requests=2)) as server:
+        old = ask_datagram(server.server_address)
+        held = HeldDatagram(server.server_address)
+        try:
+            wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+            later = {ask_datagram(server.server_address) for _ in range(20)}
+            assert held.release() == old
+        finally:
+            held.close()
+        assert old not in later  # (each replacement recycles after 2 too)
+        wait_for(lambda: old not in server.worker_pids(), what="the old worker to end")
+    assert server.statistics().workers.crashed == 0
+
+
+def test_a_drain_cuts_a_datagram_handler_at_its_deadline(loop_name: LoopName) -> None:
+    with serve_in_thread(prefork(loop_name, DatagramPid, sockserve.UDPServer, workers=1,
+                                 graceful_timeout=60.0)) as server:
+        held = HeldDatagram(server.server_address)
+        try:
+            report = server.drain(0.2)
+            assert held.handler.recv(10) == b""  # the handler's connection: cancelled
+        finally:
+            held.close()
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert server.statistics().workers.crashed == 0
+
+
+def test_a_stopping_datagram_worker_strands_nothing_on_its_own_socket(
+        loop_name: LoopName) -> None:
+    # Datagrams hashed to the old worker's own SO_REUSEPORT socket are served before it
+    # closes that socket; those sent after go to the other sockets of the group.  Sent
+    # from 20 ports (ask_datagram() raises if one goes unanswered): all 20 missing the
+    # old worker's socket has odds 2**-20.
+    server = prefork(loop_name, DatagramPid, sockserve.UDPServer, workers=1,
+                     max_requests=2, reuse_port_per_worker=True)
+    with serve_in_thread(server):
+        port = server.server_address[1]
+        wait_for(lambda: listening_sockets(port, "udp") == 2, what="the shared and one own")
+        old = ask_datagram(server.server_address)
+        held = HeldDatagram(server.server_address)
+        try:
+            for _ in range(20):
+                ask_datagram(server.server_address)
+            assert held.release() == old
+        finally:
+            held.close()
+    assert server.statistics().workers.crashed == 0
+
+
+class ThirtyReplies(aio.AsyncDatagramRequestHandler):
+    """Waits on the test's loopback port, then sends 30 replies at once."""
+
+    async def handle(self) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", int(self.packet))
+        try:
+            await reader.readline()
+        finally:
+            writer.close()
+        for n in range(30):
+            self.send(b"%d" % n)
+
+
+def test_a_stopped_datagram_workers_replies_wait_for_room(
+        loop_name: LoopName, unix_path: str) -> None:
+    # After its worker stopped reading, a handler replies to a client whose receive
+    # queue is full (10 datagrams by default): the replies wait for room, none is lost.
+    client_path = unix_path + ".c"
+    server = prefork(loop_name, ThirtyReplies, sockserve.UnixDatagramServer, unix_path,
+                     workers=1, max_requests=1)
+    with serve_in_thread(server), socket.create_server(("127.0.0.1", 0)) as control, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as prober:
+        control.settimeout(IO_TIMEOUT)
+        client.bind(client_path)
+        client.settimeout(IO_TIMEOUT)
+        client.sendto(b"%d" % control.getsockname()[1], unix_path)  # its last request
+        handler, _ = control.accept()
+        with handler:
+            wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+            handler.sendall(b"go\n")
+
+            def client_queue_full() -> bool:
+                try:
+                    prober.sendto(b"probe", socket.MSG_DONTWAIT, client_path)
+                except BlockingIOError:
+                    return True
+                return False
+
+            wait_for(client_queue_full, what="the client's receive queue to fill")
+            replies: list[bytes] = []
+            while len(replies) < 30:
+                if (datagram := client.recv(100)) != b"probe":
+                    replies.append(datagram)
+    os.unlink(client_path)
+    assert replies == [b"%d" % n for n in range(30)]
