@@ -51,6 +51,8 @@ class ReplyTransport(asyncio.DatagramTransport):
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
         self._closing = False
         self._flushed: asyncio.Future[None] | None = None
+        # Until stop_reading(), sendto() is the endpoint's own: no call in between.
+        self.sendto = transport.sendto  # type: ignore[method-assign]
 
     def stop_reading(self, reply_from: socket.socket) -> None:
         """Take no more datagrams from the socket; replies still go out, through a
@@ -58,17 +60,18 @@ class ReplyTransport(asyncio.DatagramTransport):
         if self._sock is not None or self._closing:
             return
         self._sock = reply_from.dup()
+        del self.sendto  # this class's from now on
         self._transport.close()
 
     def sendto(self, data: Any, addr: Any = None) -> None:
-        if self._sock is None:
-            self._transport.sendto(data, addr)
-        elif not self._closing:
-            if not self._queue and self._send(data, addr):
-                return
-            if not self._queue:
-                self._loop.add_writer(self._sock.fileno(), self._flush)
-            self._queue.append((bytes(data), addr))
+        """After ``stop_reading()`` (and ``close()``: then dropped, as asyncio does)."""
+        if self._sock is None or self._closing:
+            return
+        if not self._queue and self._send(data, addr):
+            return
+        if not self._queue:
+            self._loop.add_writer(self._sock.fileno(), self._flush)
+        self._queue.append((bytes(data), addr))
 
     def _send(self, data: Any, addr: Any) -> bool:
         """Send one datagram now; False if the socket cannot take it yet."""
@@ -163,10 +166,12 @@ class WorkerDatagramServing(DatagramServing):
         super().connection_made(transport)
         assert self.transport is not None
         self.transport = ReplyTransport(self.transport, self, self.serving.loop)
+        # Counted only if there is a limit to count toward.
+        self.took_request = self.serving.took_request if self.server.max_requests else None
 
     def _dispatch(self, item: tuple[bytes, Any, Any, Any]) -> None:
-        if self.serving.took_request is not None:  # admitted: a request
-            self.serving.took_request()
+        if self.took_request is not None:  # admitted: a request
+            self.took_request()
         super()._dispatch(item)
 
     async def aclose(self) -> None:
