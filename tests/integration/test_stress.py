@@ -16,6 +16,7 @@ import sockserve
 from sockserve import aio
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.integration.test_async import LOOPS, LoopName
 from tests.integration.test_pool import DatagramEcho, Echo
 
 REQUESTS = 100_000
@@ -173,6 +174,37 @@ def test_async_datagram_workers_answer_every_datagram_in_a_fresh_context() -> No
         stats = server.statistics()
     assert missing == [0] * 8
     assert stats.accepted == 8 * 2_000
+
+
+class SlowEveryFifth(aio.AsyncDatagramRequestHandler):
+    """Echoes; every 5th datagram after a wait, so that handlers are still running
+    when their worker stops reading and must reply after it."""
+
+    async def handle(self) -> None:
+        if int(self.packet.split(b":")[1]) % 5 == 0:
+            await asyncio.sleep(0.002)
+        self.send(self.packet)
+
+
+@pytest.mark.stress
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_recycling_async_datagram_workers_lose_nothing(loop_name: LoopName) -> None:
+    # 8 clients, 2,000 datagrams each, 20 in flight per client, to two workers that
+    # are replaced every 300 datagrams or so (about 50 times): every datagram answered.
+    class Server(sockserve.PreForkMixIn, aio.AsyncMixIn, sockserve.UDPServer):
+        workers = 2
+        max_requests = 300
+        graceful_timeout = IO_TIMEOUT
+
+    missing: list[int] = []
+    server = Server(("127.0.0.1", 0), SlowEveryFifth, loop_factory=loop_name)
+    with serve_in_thread(server):
+        run_clients(8, lambda n: missing.append(
+            unanswered_datagrams(server.server_address, n, lambda payload: payload)))
+    stats = server.statistics().workers
+    assert missing == [0] * 8
+    assert stats.crashed == 0 and stats.spawned >= 2 + 8 * 2_000 // 400
 
 
 @pytest.mark.stress
