@@ -305,6 +305,13 @@ class Serving:
         for sock in cast(asyncio.Server, listener).sockets:
             self.loop.remove_reader(sock.fileno())
 
+    def open_now(self) -> int:
+        """Connections open now (a datagram server's: handlers running), as a drain
+        that begins now would count them."""
+        if self.endpoints:
+            return len(self.tasks) - sum(len(endpoint.idle) for endpoint in self.endpoints)
+        return self.admitted
+
     def cut_now(self) -> None:
         """``stop_now()``: end every connection at once (a drain stops waiting)."""
         if self.stop.done():  # stopping: close() cancels them, without waiting first

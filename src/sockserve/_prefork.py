@@ -64,11 +64,14 @@ class DrainChannel:
     a shared page says that a drain is on and its timeout (the workers read it when
     the supervisor's SIGTERM comes), and a pipe brings back each worker's counts.
 
-    Records of 8 bytes are below PIPE_BUF, so those of several workers never mix.
+    A worker sends what it has open as its drain begins, and its counts at the end; one
+    that never sends the end (it crashed, or was killed) had what it had open cut.
+    Records of 16 bytes are below PIPE_BUF, so those of several workers never mix.
     """
 
     _FLAGS = struct.Struct("dd")  # drain requested (1.0 or 0.0), timeout (NaN: none)
-    _COUNTS = struct.Struct("II")  # finished, cut
+    _RECORD = struct.Struct("iIII")  # pid, then BEGUN and open, or ENDED, finished, cut
+    _BEGUN, _ENDED = 0, 1
 
     def __init__(self) -> None:
         self._shared = mmap.mmap(-1, self._FLAGS.size)
@@ -84,22 +87,37 @@ class DrainChannel:
         on, timeout = self._FLAGS.unpack_from(self._shared)
         return on == 1.0, None if math.isnan(timeout) else timeout
 
+    def begun(self, open_connections: int) -> None:
+        """In a worker, before its handlers can see ``draining``: what it has open."""
+        os.write(self._counts_in, self._RECORD.pack(os.getpid(), self._BEGUN,
+                                                    open_connections, 0))
+
     def send(self, report: DrainReport) -> None:
         """In a worker: its counts, for the supervisor's report."""
-        os.write(self._counts_in, self._COUNTS.pack(report.finished, report.cut))
+        os.write(self._counts_in, self._RECORD.pack(os.getpid(), self._ENDED,
+                                                    report.finished, report.cut))
 
     def _collect(self) -> tuple[int, int]:
-        finished = cut = 0
+        """Finished and cut, over the workers: a worker that began and never ended
+        counts what it had open as cut."""
+        begun: dict[int, int] = {}
+        ended: dict[int, tuple[int, int]] = {}
         while True:
             try:
-                data = os.read(self._counts_out, self._COUNTS.size * 64)
+                data = os.read(self._counts_out, self._RECORD.size * 64)
             except BlockingIOError:
-                return finished, cut
+                break
             if not data:
-                return finished, cut
-            for worker_finished, worker_cut in self._COUNTS.iter_unpack(data):
-                finished += worker_finished
-                cut += worker_cut
+                break
+            for pid, kind, first, second in self._RECORD.iter_unpack(data):
+                if kind == self._BEGUN:
+                    begun[pid] = first
+                else:
+                    ended[pid] = (first, second)
+        for pid, open_connections in begun.items():
+            ended.setdefault(pid, (0, open_connections))
+        return sum(finished for finished, _ in ended.values()), \
+            sum(cut for _, cut in ended.values())
 
     def report(self) -> DrainReport:
         """In the supervisor, once its workers are gone: what they drained."""
@@ -328,6 +346,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         if not draining:
             timeout = self.drain_timeout
         if (draining or timeout is not None) and self._drain_thread is None:
+            if draining and self._drain_channel is not None:
+                self._drain_channel.begun(len(self._sockserve_connections))
             self._sockserve_begin_drain(timeout)
             self._drain_thread = threading.Thread(
                 target=self._drain_worker, args=(timeout, draining), name="sockserve-drain",

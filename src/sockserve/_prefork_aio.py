@@ -63,6 +63,8 @@ class AsyncWorker:
     def _stop_on_loop(self, serving: Serving) -> None:
         server = self.server
         draining, timeout = server._drain_requested()
+        if draining and self.drained is None and server._drain_channel is not None:
+            server._drain_channel.begun(serving.open_now())  # before handlers see it
         if serving.stop.done():
             # Already stopping (recycled, replaced): a supervisor's drain still sets
             # the deadline and gets the report.

@@ -473,6 +473,28 @@ def test_drain_reaches_the_workers_and_reports_their_connections() -> None:
     assert workers(server).crashed == 0
 
 
+@pytest.mark.parametrize("mixin", [sockserve.ThreadPoolMixIn, sockserve.ThreadingMixIn])
+def test_a_worker_that_crashes_during_a_drain_has_its_connections_counted_cut(
+        mixin: type) -> None:
+    # It never sends its counts: the supervisor counts what it had open when the
+    # drain reached it as cut, rather than report nothing open.
+    class CrashOnDrain(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"held\n")
+            self.wfile.flush()
+            if self.server.draining.wait(IO_TIMEOUT):
+                os._exit(3)
+
+    server_class = type("Server", (sockserve.PreForkMixIn, mixin, sockserve.TCPServer), {})
+    with serve_in_thread(prefork(CrashOnDrain, server_class, workers=1)) as server:
+        with connect(server.server_address) as first, connect(server.server_address) as second:
+            assert first.recv(100) == b"held\n" and second.recv(100) == b"held\n"
+            report = server.drain(IO_TIMEOUT)
+            assert recv_all(first) == b"" and recv_all(second) == b""
+    assert report == DrainReport(open=2, finished=0, cut=2)
+    assert workers(server).crashed == 1
+
+
 def test_server_close_while_serving_stops_the_loop_before_the_workers() -> None:
     # Otherwise the loop, still running, replaces the stopped workers on a closed socket.
     server = prefork(workers=2)

@@ -391,3 +391,22 @@ def test_a_stopped_datagram_workers_replies_wait_for_room(
                     replies.append(datagram)
     os.unlink(client_path)
     assert replies == [b"%d" % n for n in range(30)]
+
+
+class CrashOnDrain(aio.AsyncStreamRequestHandler):
+    async def handle(self) -> None:
+        self.writer.write(b"held\n")
+        await self.writer.drain()
+        await self.server.wait_draining()
+        os._exit(3)
+
+
+def test_a_worker_that_crashes_during_a_drain_has_its_connections_counted_cut(
+        loop_name: LoopName) -> None:
+    with serve_in_thread(prefork(loop_name, CrashOnDrain, workers=1)) as server:
+        with connect(server.server_address) as client:
+            assert client.recv(100) == b"held\n"
+            report = server.drain(IO_TIMEOUT)
+            assert recv_all(client) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+    assert server.statistics().workers.crashed == 1
