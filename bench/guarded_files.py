@@ -24,7 +24,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ops", type=int, default=100_000, help="calls of each kind")
     p.add_argument("--unbuffered-read", action="store_true",
-                   help="rbufsize = 0 (a line is read a byte at a time)")
+                   help="rbufsize = 0 (a line is peeked at, then taken up to its newline)")
     args = p.parse_args()
     ours, peer = socket.socketpair()
     limits = StreamLimits(idle_timeout=30.0, write_timeout=30.0)

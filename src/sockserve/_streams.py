@@ -25,6 +25,7 @@ import io
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -73,6 +74,10 @@ class StreamLimits:
 # A call's "no limit": a timeout all the same, so that the descriptor stays in the
 # mode every call in progress expects (SocketTimeouts.enter()).
 FOREVER = 365 * 24 * 3600.0
+
+# An unbuffered rfile's readline() peeks at this much to find the newline.
+PEEK_SIZE = 4096
+MSG_PEEK = int(socket.MSG_PEEK)  # a plain int: socket's MSG_* are slower IntFlags
 
 
 class SocketTimeouts:
@@ -154,6 +159,12 @@ class _GuardedSocketIO(socket.SocketIO):
         self._write_failed: str | None = None  # a write timed out: data was lost
 
     def readinto(self, b: Any) -> int:
+        count: int = self._guarded_read(super().readinto, b)
+        return count
+
+    def _guarded_read(self, read: Callable[..., Any], *args: Any) -> Any:
+        """``read(*args)`` under the idle timeout, or once a call has data, under what
+        is left of its read timeout (``call_deadline``)."""
         if self.call_deadline is None:
             timeout, reason = self._limits.idle_timeout, "idle timeout"
         else:
@@ -162,14 +173,14 @@ class _GuardedSocketIO(socket.SocketIO):
                 raise TimeoutError(reason)
         reason = self._timeouts.enter(timeout, reason, self._limits)
         try:
-            count: int = super().readinto(b)  # type: ignore[assignment]
+            got = read(*args)
         except TimeoutError as exc:
             raise TimeoutError(reason) from exc
         finally:
             self._timeouts.leave()
-        if count and self.call_deadline is None and self._limits.read_timeout is not None:
+        if got and self.call_deadline is None and self._limits.read_timeout is not None:
             self.call_deadline = time.monotonic() + self._limits.read_timeout
-        return count
+        return got
 
     def write(self, b: Any) -> int:
         if self._write_failed is not None:
@@ -254,12 +265,24 @@ class UnbufferedGuardedReader(_GuardedSocketIO):
         return _bounded_readline(self._read_line, size, self._limits.max_line_length)
 
     def _read_line(self, size: int | None) -> bytes:
+        """A line, and not a byte more: the socket's data is peeked at, and only the
+        part up to the newline taken (two system calls a line, not one a byte).  A
+        socket that takes no flags (TLS) is read a byte at a time, as the stdlib does."""
+        peek = type(self._socket) is socket.socket
         line = bytearray()
-        byte = bytearray(1)
-        while (size is None or size < 0 or len(line) < size) and \
-                _GuardedSocketIO.readinto(self, byte):
-            line += byte
-            if byte == b"\n":
+        while size is None or size < 0 or len(line) < size:
+            want = PEEK_SIZE if size is None or size < 0 else min(PEEK_SIZE, size - len(line))
+            if not peek:
+                want = 1
+            elif not (ahead := self._guarded_read(self._socket.recv, want, MSG_PEEK)):
+                break
+            else:
+                want = ahead.find(b"\n") + 1 or len(ahead)
+            chunk = self._guarded_read(self._socket.recv, want)  # waiting, when peek is off
+            if not chunk:
+                break
+            line += chunk
+            if chunk.endswith(b"\n"):
                 break
         return bytes(line)
 

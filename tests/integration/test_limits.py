@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -12,9 +13,9 @@ from typing import Any
 import pytest
 
 import sockserve
-from sockserve._streams import LineTooLong
+from sockserve._streams import LineTooLong, StreamLimits, guarded_files
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 
 
 class Echo(sockserve.StreamRequestHandler):
@@ -243,6 +244,46 @@ def test_an_unbuffered_rfile_leaves_what_follows_a_line_in_the_socket() -> None:
     with limited(Tunnel, max_line_length=100) as server, connect(server.server_address) as c:
         c.sendall(b"CONNECT\nraw bytes")
         assert c.recv(100) == b"raw bytes"
+
+
+def test_an_unbuffered_readline_takes_a_line_in_pieces_and_nothing_after_it() -> None:
+    # It peeks for the newline and takes only up to it: a line that arrives in pieces
+    # is put together, and what follows stays in the socket.
+    ours, peer = socket.socketpair()
+    with ours, peer:
+        rfile, _ = guarded_files(ours, StreamLimits(idle_timeout=IO_TIMEOUT), 0, 0)
+        lines: list[bytes] = []
+        peer.sendall(b"ab")
+        reader = threading.Thread(target=lambda: lines.append(rfile.readline()))
+        reader.start()  # takes "ab", then waits for the rest (or gets it all at once)
+        peer.sendall(b"c\nabcdef\nrest")
+        reader.join(IO_TIMEOUT)
+        assert lines == [b"abc\n"]
+        assert rfile.readline(3) == b"abc" and rfile.readline() == b"def\n"
+        assert ours.recv(100) == b"rest"
+        peer.sendall(b"no newline")
+        peer.shutdown(socket.SHUT_WR)
+        assert rfile.readline() == b"no newline" and rfile.readline() == b""
+
+
+def test_an_unbuffered_rfile_over_tls_reads_a_line_and_nothing_after_it(
+        ca: Any, server_ctx: ssl.SSLContext) -> None:
+    # An SSLSocket takes no MSG_PEEK: the line is read a byte at a time, as the stdlib.
+    class Tunnel(sockserve.StreamRequestHandler):
+        rbufsize = 0
+
+        def handle(self) -> None:
+            line = self.rfile.readline()
+            self.request.sendall(line.upper() + self.request.recv(100))
+
+    with limited(Tunnel, ssl_context=server_ctx) as server, \
+            connect(server.server_address) as raw, \
+            client_ctx(ca).wrap_socket(raw, server_hostname="localhost") as client:
+        client.sendall(b"connect\nraw bytes")
+        reply = b""
+        while len(reply) < len(b"CONNECT\nraw bytes") and (chunk := client.recv(100)):
+            reply += chunk
+        assert reply == b"CONNECT\nraw bytes"
 
 
 def test_closing_the_socket_in_handle_still_sends_the_buffered_reply() -> None:
