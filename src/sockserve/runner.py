@@ -8,7 +8,9 @@ start, get the usual signal behaviour.  What each signal does:
 
 =========  ===============================================================
 SIGTERM,   graceful drain (``server.drain(drain_timeout)``); a second one stops at
-SIGINT     once (connections cut, pre-forked workers killed)
+SIGINT     once (connections cut, pre-forked workers killed), and if handlers still
+           run 2 s later (the cut cannot reach one that does not use its socket),
+           the process exits without them
 SIGHUP     reload: ``reload()`` callback (e.g. certificates), then
            ``server.reload()`` (pre-fork: replace every worker); a failure is
            logged and serving goes on as before
@@ -50,6 +52,11 @@ STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 LIVENESS_CHECK = 0.2
 # A restarted copy that has not reported ready by then is killed; this one keeps serving.
 RESTART_READY_TIMEOUT = 30.0
+# After a second stop signal has cut every connection, how long handlers get to return
+# before the process exits without them: a handler that does not touch its socket (a
+# computation, a wait on something else) would otherwise keep it alive, and threads
+# cannot be killed.
+STOP_NOW_GRACE = 2.0
 
 # The environment a restarted copy finds: the inherited listening descriptors
 # (comma-separated), and where to report that it is serving.
@@ -178,6 +185,7 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
 
     loop = threading.Thread(target=serve, name="sockserve-serve", daemon=True)
     drainer: threading.Thread | None = None
+    stop_now = _StopNow(server)
     with Signals(HANDLED_SIGNALS) as signals:
         try:
             loop.start()
@@ -207,17 +215,53 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
                         drainer.start()
                     else:
                         logger.warning("%s again: stopping now", name)
-                        server.stop_now()
+                        stop_now()
                 elif signum == signal.SIGHUP:
                     logger.info("SIGHUP: reloading")
                     _keep_serving(reload, server.reload)
                 else:
                     _keep_serving(lambda: server.scale(+1 if signum == signal.SIGTTIN else -1))
         finally:
-            _close(server, loop, signals, stopping_copies)
+            try:
+                _close(server, loop, signals, stopping_copies, stop_now)
+            finally:
+                stop_now.cancel()
     if failures:
         raise failures[0]
     return reports[0] if reports else None
+
+
+class _StopNow:
+    """A second stop signal: ``server.stop_now()``, and an exit of the whole process if
+    the server has still not stopped ``STOP_NOW_GRACE`` seconds later."""
+
+    def __init__(self, server: Any) -> None:
+        self.server = server
+        self._timer: threading.Timer | None = None
+
+    def __call__(self) -> None:
+        self.server.stop_now()
+        if self._timer is None:
+            self._timer = threading.Timer(STOP_NOW_GRACE, self._exit)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def cancel(self) -> None:
+        """The server has stopped: no exit."""
+        if self._timer is not None:
+            self._timer.cancel()
+
+    @staticmethod
+    def _exit() -> None:
+        logger.error("the server is still running %g s after stopping now: exiting "
+                     "without waiting for its handlers", STOP_NOW_GRACE)
+        logging.shutdown()  # flushes the log
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(1)
 
 
 def _keep_serving(*actions: Callable[[], None] | None) -> None:
@@ -233,7 +277,7 @@ def _keep_serving(*actions: Callable[[], None] | None) -> None:
 
 
 def _close(server: Any, loop: threading.Thread, signals: Signals,
-           copies: list[subprocess.Popen[bytes]]) -> None:
+           copies: list[subprocess.Popen[bytes]], stop_now: _StopNow) -> None:
     """Stop serving and close the server, from a thread, while a stop signal still
     means "at once" (closing may wait for connections, or a pool's threads); then wait
     for restarted copies told to stop (a stop signal kills them)."""
@@ -251,7 +295,7 @@ def _close(server: Any, loop: threading.Thread, signals: Signals,
         signum = signals.next(LIVENESS_CHECK)
         if signum in STOP_SIGNALS:
             logger.warning("%s while closing: stopping now", signal.Signals(signum).name)
-            server.stop_now()
+            stop_now()
     closer.join()
     for copy in copies:
         while copy.poll() is None:

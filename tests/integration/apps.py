@@ -28,6 +28,17 @@ class TwoLines(sockserve.StreamRequestHandler):
         self.wfile.write(self.rfile.readline().upper())
 
 
+class Stuck(sockserve.StreamRequestHandler):
+    """Starts, then waits for ever on something that is not its socket: cutting the
+    connection does not end it."""
+
+    def handle(self) -> None:
+        self.rfile.readline()
+        self.wfile.write(b"started\n")
+        self.wfile.flush()
+        threading.Event().wait()
+
+
 class ChildSignals(sockserve.StreamRequestHandler):
     """Starts a process, as handlers do, and tells whether SIGTERM ends it."""
 

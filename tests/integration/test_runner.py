@@ -121,6 +121,21 @@ def test_a_second_sigterm_stops_at_once(service: Any) -> None:
     svc.wait_line(r"stopped \(0 connections finished, 1 cut\)")
 
 
+def test_a_second_sigterm_ends_the_process_even_with_a_handler_that_ignores_its_cut(
+        service: Any) -> None:
+    # The handler never returns: after STOP_NOW_GRACE the runner exits without it.
+    svc = service("tests.integration.apps:Stuck", "--model", "threads",
+                  "--drain-timeout", "60")
+    with connect(svc.address) as client:
+        client.sendall(b"one\n")
+        assert client.makefile("rb").readline() == b"started\n"
+        svc.signal(signal.SIGTERM)
+        svc.wait_line(r"SIGTERM: draining")
+        svc.signal(signal.SIGTERM)
+        assert svc.proc.wait(IO_TIMEOUT) == 1
+    svc.wait_line(r"still running 2 s after stopping now: exiting")
+
+
 def test_sighup_replaces_prefork_workers_and_ttin_ttou_scale(service: Any) -> None:
     svc = service("tests.integration.apps:Pid", "--model", "prefork", "--workers", "1")
     before = ask_pid(svc.address)
