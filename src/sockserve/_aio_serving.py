@@ -14,6 +14,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import os
 import select
 import socket
 import sys
@@ -391,6 +392,13 @@ class Serving:
         if retired:
             await asyncio.wait(retired)
         return self.report
+
+
+def duplicate(sock: Any) -> socket.socket:
+    """A socket of its own on *sock*'s open file.  Not ``sock.dup()``: that sets the
+    copy's timeout to the original's, and so the non-blocking flag of the open file,
+    which other processes (pre-forked workers, a restart's copy) share and rely on."""
+    return socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
 
 
 def _readable(sock: Any) -> bool:

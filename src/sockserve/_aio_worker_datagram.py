@@ -2,15 +2,16 @@
 
 A stopping worker (SIGTERM, ``max_requests``, a reload) must leave the datagrams that
 wait on the socket it shares with the other workers to them, while the handlers it
-has started finish and send their replies.  asyncio could simply stop reading; uvloop
-cannot short of closing its transport, and a closed uvloop transport drops whatever is
-sent through it.  So a worker's handlers are given a ``ReplyTransport``: it sends
-through the endpoint's transport until the worker stops reading, and then, with that
-transport closed, through a copy of the socket of its own.  Both loops take the same
-path.
+has started finish and send their replies.  uvloop cannot stop reading a datagram
+transport short of closing it, and a closed transport drops what is sent through it.
+So in a worker the endpoint's transport only reads, and the handlers send through a
+``ReplyTransport``: a copy of the shared socket of the endpoint's address, of its own,
+which stays open until serving ends.  Both loops take the same path.
 
-A worker's own SO_REUSEPORT socket is read until it has had nothing waiting for two
-loop passes, then closed the same way: what the kernel queued there would die with it.
+A worker's own SO_REUSEPORT socket leaves its group only once closed, and what waits
+on it then is lost; so once the loop's copy of it is closed, what waits is read and
+served here, and the socket closed at once.  Replies never go through it (its twin,
+the shared socket of the same address, sends them), so nothing else keeps it open.
 """
 
 from __future__ import annotations
@@ -19,63 +20,63 @@ import asyncio
 import collections
 import logging
 import socket
+from asyncio import trsock
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._aio_datagram import DATAGRAM_IGNORED_ERRNOS, DatagramServing
-from ._aio_serving import CLOSE_TIMEOUT, SETTLE_PASSES
+from ._aio_serving import CLOSE_TIMEOUT, SETTLE_PASSES, duplicate
 
 if TYPE_CHECKING:
     from ._aio_serving import Serving
 
 logger = logging.getLogger("sockserve.aio")
 
-# What read_what_waits() reads at most per datagram: asyncio's transport's own size
-# (larger ones are cut to it, as there).
+# What read_what_waits() reads at most per datagram: asyncio's transport's own size.
 MAX_DATAGRAM = 256 * 1024
-
 # Whatever the socket's own mode (a plain int: socket's MSG_* are slower IntFlags).
 DONTWAIT = int(socket.MSG_DONTWAIT)
+# A reply the socket cannot take yet (a Unix client's full queue) is tried again after
+# this long, doubling up to RETRY_MAX: a Unix datagram socket polls writable even then,
+# so waiting for writability would spin.
+RETRY_FIRST = 0.001
+RETRY_MAX = 0.05
 
 
 class ReplyTransport(asyncio.DatagramTransport):
     """What a worker's datagram handlers send through (``self.transport``)."""
 
-    def __init__(self, transport: asyncio.DatagramTransport, protocol: DatagramServing,
-                 loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, transport: asyncio.DatagramTransport, reply_from: socket.socket,
+                 protocol: DatagramServing, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._transport = transport  # the endpoint's: it reads until stop_reading()
+        self._sock = duplicate(reply_from)
+        self._extra_socket = trsock.TransportSocket(self._sock)  # as the loops show it
         self._protocol = protocol
         self._loop = loop
-        self._sock: socket.socket | None = None  # after stop_reading(): sends replies
         self._queue: collections.deque[tuple[bytes, Any]] = collections.deque()
+        self._queued = 0  # bytes
+        self._retry: asyncio.TimerHandle | None = None
+        self._retry_delay = RETRY_FIRST
         self._closing = False
         self._flushed: asyncio.Future[None] | None = None
-        # Until stop_reading(), sendto() is the endpoint's own: no call in between.
-        self.sendto = transport.sendto  # type: ignore[method-assign]
 
-    def stop_reading(self, reply_from: socket.socket) -> None:
-        """Take no more datagrams from the socket; replies still go out, through a
-        copy of *reply_from* (the socket itself, or a shared twin of a worker's own)."""
-        if self._sock is not None or self._closing:
-            return
-        self._sock = reply_from.dup()
-        del self.sendto  # this class's from now on
+    def stop_reading(self) -> None:
+        """Take no more datagrams from the socket; replies still go out."""
         self._transport.close()
 
     def sendto(self, data: Any, addr: Any = None) -> None:
-        """After ``stop_reading()`` (and ``close()``: then dropped, as asyncio does)."""
-        if self._sock is None or self._closing:
-            return
+        if self._closing:
+            return  # as asyncio's transport, once closed
         if not self._queue and self._send(data, addr):
             return
-        if not self._queue:
-            self._loop.add_writer(self._sock.fileno(), self._flush)
         self._queue.append((bytes(data), addr))
+        self._queued += len(data)
+        if self._retry is None:
+            self._retry = self._loop.call_later(self._retry_delay, self._flush)
 
     def _send(self, data: Any, addr: Any) -> bool:
         """Send one datagram now; False if the socket cannot take it yet."""
-        assert self._sock is not None
         try:
             if addr is None:
                 self._sock.send(data, DONTWAIT)
@@ -89,35 +90,33 @@ class ReplyTransport(asyncio.DatagramTransport):
         return True
 
     def _flush(self) -> None:
-        """The socket can take more: send what is queued, in order."""
+        """Send what is queued, in order, until the socket cannot take more."""
+        self._retry = None
         queue = self._queue
         while queue:
             data, addr = queue[0]
             if not self._send(data, addr):
+                self._retry_delay = min(2 * self._retry_delay, RETRY_MAX)
+                self._retry = self._loop.call_later(self._retry_delay, self._flush)
                 return
             queue.popleft()
-        self._stop_writing()
+            self._queued -= len(data)
+        self._retry_delay = RETRY_FIRST
         if self._closing:
             self._close_socket()
 
-    def _stop_writing(self) -> None:
-        if self._sock is not None and self._sock.fileno() >= 0:
-            self._loop.remove_writer(self._sock.fileno())
-
     def _close_socket(self) -> None:
-        if self._sock is not None:
-            self._sock.close()
+        self._sock.close()
         if self._flushed is not None and not self._flushed.done():
             self._flushed.set_result(None)
 
     def close(self) -> None:
-        """Close; replies still queued go out first (``closed()`` waits for them)."""
+        """Stop reading and close; replies still queued go out first (``closed()``
+        waits for them)."""
         if self._closing:
             return
         self._closing = True
-        if self._sock is None:
-            self._transport.close()
-            return
+        self._transport.close()
         if self._queue:
             self._flushed = self._loop.create_future()
         else:
@@ -135,24 +134,24 @@ class ReplyTransport(asyncio.DatagramTransport):
 
     def abort(self) -> None:
         self._closing = True
-        if self._sock is None:
-            self._transport.abort()
-            return
-        self._stop_writing()
+        self._transport.abort()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
         self._queue.clear()
+        self._queued = 0
         self._close_socket()
 
     def is_closing(self) -> bool:
-        return self._closing or (self._sock is None and self._transport.is_closing())
+        return self._closing
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if self._sock is None:
-            return self._transport.get_extra_info(name, default)
         if name == "socket":
-            return self._sock
-        if name == "sockname":
-            return self._sock.getsockname()
-        return default
+            return self._extra_socket
+        return self._transport.get_extra_info(name, default)
+
+    def get_write_buffer_size(self) -> int:
+        return self._queued
 
     def get_protocol(self) -> asyncio.BaseProtocol:
         return self._protocol
@@ -164,8 +163,10 @@ class WorkerDatagramServing(DatagramServing):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
-        assert self.transport is not None
-        self.transport = ReplyTransport(self.transport, self, self.serving.loop)
+        assert self.transport is not None and self.server._aio_worker is not None
+        self.transport = ReplyTransport(
+            self.transport, self.server._aio_worker.shared_twin(self.socket), self,
+            self.serving.loop)
         # Counted only if there is a limit to count toward.
         self.took_request = self.serving.took_request if self.server.max_requests else None
 
@@ -181,36 +182,26 @@ class WorkerDatagramServing(DatagramServing):
 
 
 async def stop_reading(serving: Serving, socks: Sequence[socket.socket],
-                       shared: Sequence[socket.socket]) -> None:
-    """A stopping worker's datagram endpoints (one for each of *socks*) stop reading.
-
-    The shared sockets' datagrams are the other workers' from now on.  A worker's own
-    SO_REUSEPORT socket leaves its group only once closed, and what waits on it then
-    is lost: so once the loop's copy of it is closed, what waits is read and served
-    here, and the socket closed at once.  Replies to it go through its shared twin (the
-    same address).
-    """
-    own = []
+                       own: Sequence[socket.socket]) -> None:
+    """A stopping worker's datagram endpoints (one for each of *socks*) stop reading;
+    what waits on the worker's *own* sockets is read and served, then they close."""
+    waiting = []
     for sock, endpoint in zip(socks, serving.endpoints):
-        transport = endpoint.transport
-        assert isinstance(transport, ReplyTransport)
-        if any(sock is other for other in shared):
-            transport.stop_reading(sock)
-        else:
-            twin = next((other for other in shared
-                         if other.getsockname() == sock.getsockname()), sock)
-            transport.stop_reading(twin)
-            own.append((sock, endpoint))
-    for sock, endpoint in own:
-        await endpoint.closed
+        if isinstance(endpoint.transport, ReplyTransport):
+            endpoint.transport.stop_reading()
+            if any(sock is mine for mine in own):
+                waiting.append((sock, endpoint))
+    for sock, endpoint in waiting:
+        # Nothing is sent through the loop's copy: it closes within a pass.
+        await asyncio.wait([endpoint.closed], timeout=CLOSE_TIMEOUT)
         read_what_waits(sock, endpoint)
         sock.close()
     serving.accepting = False
 
 
 def read_what_waits(sock: socket.socket, endpoint: DatagramServing) -> None:
-    """Serve the datagrams queued on *sock* (at most ``SETTLE_PASSES``: under a flood
-    the queue refills as fast as it is read)."""
+    """Serve the datagrams queued on *sock*: until none is left, or ``SETTLE_PASSES``
+    of them (under a flood the queue refills as fast as it is read)."""
     for _ in range(SETTLE_PASSES):
         try:
             data, addr = sock.recvfrom(MAX_DATAGRAM, DONTWAIT)

@@ -87,6 +87,18 @@ class AsyncWorker:
         return [sock for sock in [server.socket, *server.extra_sockets]
                 if not any(sock is mine for mine in own)]
 
+    def own_sockets(self) -> tuple[socket.socket, ...]:
+        """This worker's own SO_REUSEPORT sockets (``reuse_port_per_worker``)."""
+        own: tuple[socket.socket, ...] = self.server._own_sockets
+        return own
+
+    def shared_twin(self, sock: Any) -> Any:
+        """The shared socket bound to *sock*'s address (*sock* itself, or the shared
+        sibling of one of this worker's own sockets); *sock* if there is none."""
+        address = sock.getsockname()
+        return next((shared for shared in self.shared_sockets()
+                     if shared.getsockname() == address), sock)
+
     def stopped_accepting(self) -> None:
         """The loop has served what waited on this worker's own SO_REUSEPORT sockets:
         close them, so that the kernel sends new connections to the other workers'

@@ -34,7 +34,7 @@ from ._aio_handlers import (
     AsyncStreamRequestHandler,
 )
 from ._aio_loop import LoopChoice, resolve_loop_factory
-from ._aio_serving import NO_CONNECTIONS, Serving
+from ._aio_serving import NO_CONNECTIONS, Serving, duplicate
 from ._aio_streams import READ_LIMIT, BufferedConnectionReader, ConnectionReader, LineTooLongError
 from ._aio_worker_datagram import WorkerDatagramServing, stop_reading
 from ._aio_writer import ConnectionWriter
@@ -244,7 +244,7 @@ class AsyncMixIn(_ServerBase):
         ``extra_sockets``): a datagram endpoint each (``serving.endpoints``), or a stream
         listener each (``serving.listeners``)."""
         for listening in [self.socket, *self.extra_sockets]:
-            sock = listening.dup()  # the loop closes it when serving stops
+            sock = duplicate(listening)  # the loop closes it when serving stops
             try:
                 await self._listen_on(serving, sock)
             except BaseException:
@@ -282,12 +282,12 @@ class AsyncMixIn(_ServerBase):
     async def _stop_serving(self, serving: Serving) -> None:
         drain, worker = serving.drain, self._aio_worker
         socks = [self.socket, *self.extra_sockets]
-        shared = worker.shared_sockets() if worker is not None else []
         if serving.endpoints:
             if worker is not None:
-                await stop_reading(serving, socks, shared)
+                await stop_reading(serving, socks, worker.own_sockets())
         else:
-            await serving.stop_accepting(socks, drain is not None and drain[1], shared)
+            await serving.stop_accepting(socks, drain is not None and drain[1],
+                                         worker.shared_sockets() if worker is not None else [])
         if worker is not None:
             worker.stopped_accepting()
         grace = drain[0] if drain is not None else self._aio_grace()

@@ -4,6 +4,7 @@ an event loop of its own, under the same supervisor as the sync workers."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import signal
 import socket
@@ -13,7 +14,7 @@ from typing import Any
 import pytest
 
 import sockserve
-from sockserve import aio
+from sockserve import _aio_loop, _aio_worker_datagram, aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
@@ -410,3 +411,106 @@ def test_a_worker_that_crashes_during_a_drain_has_its_connections_counted_cut(
             assert recv_all(client) == b""
     assert report == DrainReport(open=1, finished=0, cut=1)
     assert server.statistics().workers.crashed == 1
+
+
+class Sleepy(aio.AsyncDatagramRequestHandler):
+    """Replies with the worker's pid after a 0.1 s timer."""
+
+    async def handle(self) -> None:
+        await asyncio.sleep(0.1)
+        self.send(b"%d" % os.getpid())
+
+
+def test_workers_starting_and_stopping_leave_the_shared_socket_non_blocking(
+        loop_name: LoopName) -> None:
+    # O_NONBLOCK belongs to the open file, which the supervisor and every worker share,
+    # and both loops rely on it (libuv reads until EAGAIN).  socket.dup() resets it for
+    # a socket in blocking mode, as a datagram server's is: a worker that starts or
+    # stops must not, or the others block in recvmsg() and their timers stop.
+    server = prefork(loop_name, Sleepy, sockserve.UDPServer, workers=3)
+    with serve_in_thread(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(IO_TIMEOUT)
+        wait_for(lambda: server.statistics().workers.workers == 3, what="three workers")
+        for _ in range(3):  # each has made its copies of the socket once serving
+            ask_datagram(server.server_address)
+        server.set_workers(2)
+        wait_for(lambda: len(server.worker_pids()) == 2, what="one worker stopped")
+        flags = fcntl.fcntl(server.socket.fileno(), fcntl.F_GETFL)
+        for _ in range(10):
+            ask_datagram(server.server_address)
+    assert flags & os.O_NONBLOCK
+
+
+class FloodThenQuiet(aio.AsyncDatagramRequestHandler):
+    """``flood``: 30 replies at once; anything else: none."""
+
+    async def handle(self) -> None:
+        if self.packet == b"flood":
+            for n in range(30):
+                self.send(b"%d" % n)
+
+
+def test_replies_to_a_client_that_never_reads_do_not_keep_a_recycled_worker(
+        loop_name: LoopName, unix_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The client's queue takes 10: 20 replies wait, for CLOSE_TIMEOUT once serving
+    # ends (set short here: the workers are forked from this process), then are dropped.
+    monkeypatch.setattr(_aio_worker_datagram, "CLOSE_TIMEOUT", 0.2)
+    server = prefork(loop_name, FloodThenQuiet, sockserve.UnixDatagramServer, unix_path,
+                     workers=1, max_requests=2)
+    with serve_in_thread(server), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper:
+        sleeper.bind(unix_path + ".s")
+        wait_for(lambda: len(server.worker_pids()) == 1, what="a worker")
+        old = server.worker_pids()[0]
+        sleeper.sendto(b"flood", unix_path)  # request 1
+        sleeper.sendto(b"quiet", unix_path)  # request 2: its last
+        wait_for(lambda: old not in server.worker_pids(), what="the recycled worker to exit")
+    os.unlink(unix_path + ".s")
+    assert server.statistics().workers.crashed == 0
+
+
+def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
+        loop_name: LoopName, unix_path: str) -> None:
+    # A Unix datagram socket polls writable even when the client's queue is full, so
+    # waiting for writability would retry without pause.  Counted over 0.3 s of loop
+    # time (a window to count in, not synchronisation): a timer doubling from 1 ms
+    # retries about ten times; a spin, thousands.
+    from sockserve._aio_serving import duplicate
+    from sockserve._aio_worker_datagram import ReplyTransport
+
+    async def main() -> tuple[int, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server_sock, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            server_sock.bind(unix_path)
+            client.bind(unix_path + ".c")
+            client.setblocking(False)
+            transport, protocol = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, sock=duplicate(server_sock))
+            replies = ReplyTransport(transport, server_sock, protocol, loop)  # type: ignore[arg-type]
+            attempts = 0
+            send = replies._send
+
+            def counting_send(data: Any, addr: Any) -> bool:
+                nonlocal attempts
+                attempts += 1
+                return send(data, addr)
+
+            replies._send = counting_send  # type: ignore[method-assign]
+            for n in range(30):  # 10 fill the client's queue, 20 wait
+                replies.sendto(b"%d" % n, unix_path + ".c")
+            before = attempts
+            await asyncio.sleep(0.3)
+            retries = attempts - before
+            received: list[bytes] = []
+            while len(received) < 30:
+                received.append(await asyncio.wait_for(loop.sock_recv(client, 100),
+                                                       IO_TIMEOUT))
+            replies.close()
+            await replies.closed()
+        os.unlink(unix_path + ".c")
+        return retries, received
+
+    retries, received = _aio_loop.run(main(), aio.resolve_loop_factory(loop_name))
+    assert received == [b"%d" % n for n in range(30)]
+    assert 0 < retries < 100
