@@ -81,3 +81,13 @@ def unread_bytes(local: Any, remote: Any) -> int:
                 if ports == (local[1], remote[1]):
                     return int(fields[4].split(":")[1], 16)
     raise LookupError(f"no TCP socket from {local} to {remote}")
+
+
+def datagram_queue_full(prober: socket.socket, path: str) -> bool:
+    """Whether the Unix datagram socket at *path* can take no more (its receive queue
+    is full): *prober* tries to add one more datagram, b"probe"."""
+    try:
+        prober.sendto(b"probe", socket.MSG_DONTWAIT, path)
+    except BlockingIOError:
+        return True
+    return False

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,15 +18,28 @@ from sockserve.cli import main, parse_host_port
 ROOT = Path(__file__).resolve().parents[2]
 
 
+@contextlib.contextmanager
+def process(*args: str, **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """A process whose output the test reads (stdout piped, text); killed and reaped
+    however the test ends."""
+    proc = subprocess.Popen(list(args), cwd=ROOT, stdout=subprocess.PIPE, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
 @pytest.fixture(params=["tcp", "udp"])
 def echo_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """A ``python -m sockserve echo`` process on a free port: yields (HOST:PORT, protocol)."""
     udp = ["--udp"] if request.param == "udp" else []
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockserve", "echo", "--host", "127.0.0.1", "--port", "0", *udp],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None and proc.stderr is not None
-    try:
+    with process(sys.executable, "-m", "sockserve", "echo", "--host", "127.0.0.1",
+                 "--port", "0", *udp, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
         banner = proc.stdout.readline()
         match = re.search(r"serving (TCP|UDP) on (\S+:\d+)", banner)
         assert match, banner
@@ -33,11 +48,6 @@ def echo_server(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
         assert proc.wait(10) == 0
         assert "stopped" in proc.stdout.read()
         assert "wrote: b'hello sockserve'" in proc.stderr.read()
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_send_prints_the_upper_cased_reply(echo_server: tuple[str, str]) -> None:
@@ -53,10 +63,9 @@ def test_send_prints_the_upper_cased_reply(echo_server: tuple[str, str]) -> None
 
 @pytest.mark.parametrize("example", ["tcp", "udp"])
 def test_examples_pair(example: str) -> None:
-    server = subprocess.Popen([sys.executable, str(ROOT / "examples" / f"{example}_server.py"),
-                               "--port", "0"], stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    try:
+    with process(sys.executable, str(ROOT / "examples" / f"{example}_server.py"),
+                 "--port", "0") as server:
+        assert server.stdout is not None
         port = re.search(r":(\d+)", server.stdout.readline())
         assert port
         client = subprocess.run(
@@ -67,10 +76,6 @@ def test_examples_pair(example: str) -> None:
         assert "Received: ONE LINE" in client.stdout
         server.send_signal(signal.SIGINT)
         assert server.wait(10) == 0
-    finally:
-        server.kill()
-        server.wait(10)
-        server.stdout.close()
 
 
 def test_send_to_nobody_fails_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
@@ -102,12 +107,10 @@ def test_serve_on_a_unix_socket_with_mode(tmp_path: Path) -> None:
     import os
     import stat
     path = str(tmp_path / "s")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:Pid",
-         "--bind", f"unix:{path}", "--unix-mode", "600", "--unix-owner", f"{os.getuid()}"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout is not None
-    try:
+    with process(sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:Pid",
+                 "--bind", f"unix:{path}", "--unix-mode", "600", "--unix-owner",
+                 f"{os.getuid()}", stderr=subprocess.DEVNULL) as proc:
+        assert proc.stdout is not None
         assert "serving Unix stream on " + path in proc.stdout.readline()
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
         import socket
@@ -119,21 +122,15 @@ def test_serve_on_a_unix_socket_with_mode(tmp_path: Path) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         assert not os.path.exists(path)
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
 
 
 def test_async_datagram_handlers_in_prefork_workers() -> None:
     import os
     import socket
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sockserve", "serve", "tests.integration.apps:AsyncUpperDatagram",
-         "--bind", "udp://127.0.0.1:0", "--model", "prefork", "--workers", "1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    assert proc.stdout is not None
-    try:
+    with process(sys.executable, "-m", "sockserve", "serve",
+                 "tests.integration.apps:AsyncUpperDatagram", "--bind", "udp://127.0.0.1:0",
+                 "--model", "prefork", "--workers", "1", stderr=subprocess.STDOUT) as proc:
+        assert proc.stdout is not None
         match = re.search(r"serving UDP on (\S+):(\d+)", proc.stdout.readline())
         assert match
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
@@ -143,10 +140,6 @@ def test_async_datagram_handlers_in_prefork_workers() -> None:
         assert reply == b"HI" and int(pid) not in (proc.pid, os.getpid())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-    finally:
-        proc.kill()
-        proc.wait(10)
-        proc.stdout.close()
 
 
 def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> None:

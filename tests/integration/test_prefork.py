@@ -18,7 +18,8 @@ from sockserve.address import bind_sockets
 from sockserve.concurrency.prefork import Supervisor, SupervisorStatistics
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, client_ctx, connect, listening_sockets, recv_all, wait_for
+from tests.helpers import (IO_TIMEOUT, client_ctx, connect, datagram_queue_full, listening_sockets,
+                           recv_all, wait_for)
 
 
 class Pid(sockserve.StreamRequestHandler):
@@ -429,15 +430,8 @@ def test_datagram_workers_wait_for_room_to_reply(unix_path: str) -> None:
             requests = [b"%d" % n for n in range(8)]
             for request in requests:  # 16 replies: more than a queue holds (10 by default)
                 client.sendto(request, unix_path)
-
-            def client_queue_full() -> bool:
-                try:
-                    prober.sendto(b"probe", socket.MSG_DONTWAIT, client_path)
-                except BlockingIOError:
-                    return True
-                return False
-
-            wait_for(client_queue_full, what="the client's receive queue to fill")
+            wait_for(lambda: datagram_queue_full(prober, client_path),
+                     what="the client's receive queue to fill")
             replies: list[bytes] = []
             while len(replies) < 2 * len(requests):
                 if (datagram := client.recv(100)) != b"probe":

@@ -17,7 +17,8 @@ import sockserve
 from sockserve import _aio_loop, _aio_worker_datagram, aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, listening_sockets, recv_all, wait_for
+from tests.helpers import (IO_TIMEOUT, connect, datagram_queue_full, listening_sockets, recv_all,
+                           wait_for)
 from tests.integration.test_async import HAVE_UVLOOP, LOOPS, LoopName
 
 
@@ -377,15 +378,8 @@ def test_a_stopped_datagram_workers_replies_wait_for_room(
         with handler:
             wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
             handler.sendall(b"go\n")
-
-            def client_queue_full() -> bool:
-                try:
-                    prober.sendto(b"probe", socket.MSG_DONTWAIT, client_path)
-                except BlockingIOError:
-                    return True
-                return False
-
-            wait_for(client_queue_full, what="the client's receive queue to fill")
+            wait_for(lambda: datagram_queue_full(prober, client_path),
+                     what="the client's receive queue to fill")
             replies: list[bytes] = []
             while len(replies) < 30:
                 if (datagram := client.recv(100)) != b"probe":
