@@ -14,6 +14,9 @@ way the next one would inherit (a done callback added, a cancellation swallowed)
 instead of serving again.  Idle workers beyond ``IDLE_WORKERS`` end.  (On 3.10, where
 a task takes no context, each datagram still gets a worker of its own.)
 
+Handlers reply through a ``ReplyTransport`` (``_aio_replies``), never through the
+loop's transport, which only reads.
+
 Each datagram goes through the sync servers' rules first (``_aio_admission``): its
 size against ``max_packet_size``, ``unmap_ipv4_clients``, the access list,
 ``verify_request()``.  The per-datagram path tests two attributes of the protocol, not
@@ -25,14 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import errno
 import logging
+import socket
 import sys
 from typing import TYPE_CHECKING, Any, cast
 
 from ._aio_admission import allowed, oversized
 from ._aio_driver import PENDING, Parking, Resumable, run, suspend
 from ._aio_handlers import AsyncBaseRequestHandler, AsyncDatagramRequestHandler
+from ._aio_replies import IGNORED_ERRNOS, ReplyTransport
 from .address import unmap_client_address
 
 if TYPE_CHECKING:
@@ -42,11 +46,6 @@ logger = logging.getLogger("sockserve.aio")
 
 _NO_SETUP = AsyncBaseRequestHandler.setup
 _DATAGRAM_FINISH = AsyncDatagramRequestHandler.finish
-
-# sendto() errors a UDP server expects (the client went away: ICMP port unreachable
-# is reported on the next socket call, udp(7)); anything else is logged.
-DATAGRAM_IGNORED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH,
-                                     errno.ENETUNREACH})
 
 # The server options DatagramServing copies (read_options()).
 DATAGRAM_OPTIONS = frozenset({"max_packet_size", "unmap_ipv4_clients", "access_list"})
@@ -95,11 +94,12 @@ class WorkerTask(asyncio.Task):  # type: ignore[type-arg]
 class DatagramServing(asyncio.DatagramProtocol):
     """The datagram endpoint's protocol: hands each datagram to a worker."""
 
-    def __init__(self, serving: Serving) -> None:
+    def __init__(self, serving: Serving, reply_socket: socket.socket) -> None:
         self.serving = serving
         self.server = serving.server
         self.counters = serving.server._sockserve_counters
-        self.transport: asyncio.DatagramTransport | None = None
+        self.reply_socket = reply_socket  # the ReplyTransport's, once the endpoint is made
+        self.transport: ReplyTransport | None = None
         self.closed: asyncio.Future[None] = serving.loop.create_future()
         self.idle: list[DatagramWorker] = []
         self.read_options()
@@ -114,8 +114,9 @@ class DatagramServing(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance() check: asyncio's own datagram transport is no subclass of
         # DatagramTransport before Python 3.12.
-        self.transport = cast(asyncio.DatagramTransport, transport)
-        self.socket = transport.get_extra_info("socket")
+        self.transport = ReplyTransport(cast(asyncio.DatagramTransport, transport),
+                                        self.reply_socket, self, self.serving.loop)
+        self.socket = self.transport.get_extra_info("socket")
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
         serving, transport = self.serving, self.transport
@@ -127,7 +128,7 @@ class DatagramServing(asyncio.DatagramProtocol):
         self.counters.accepted += 1
         self._dispatch((data, transport, addr, None))
 
-    def _screen(self, data: bytes, addr: Any, transport: asyncio.DatagramTransport) -> None:
+    def _screen(self, data: bytes, addr: Any, transport: ReplyTransport) -> None:
         """datagram_received() with a rule to apply."""
         serving, server = self.serving, self.server
         if len(data) > server.max_packet_size:
@@ -234,14 +235,18 @@ class DatagramServing(asyncio.DatagramProtocol):
         return tasks
 
     def error_received(self, exc: Exception) -> None:
-        if getattr(exc, "errno", None) not in DATAGRAM_IGNORED_ERRNOS:
+        if getattr(exc, "errno", None) not in IGNORED_ERRNOS:
             logger.warning("datagram socket error on %s: %s", self.server.server_address, exc)
 
     async def aclose(self) -> None:
-        """Close the endpoint (serving has stopped) and wait until it is closed."""
-        if self.transport is not None:
-            self.transport.close()
-            await self.closed
+        """Close the endpoint (serving has stopped) and wait until it is closed and
+        its replies are sent (or dropped, ``CLOSE_TIMEOUT`` on)."""
+        if self.transport is None:
+            self.reply_socket.close()  # never made
+            return
+        self.transport.close()
+        await self.closed
+        await self.transport.closed()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

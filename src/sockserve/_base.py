@@ -411,7 +411,8 @@ class BaseServer:
             accepted=c.accepted, denied=c.denied, rejected=c.rejected,
             tls_failed=c.tls_failed, tls_timed_out=c.tls_timed_out,
             tls_in_progress=self._sockserve_preparing(),
-            connections=len(self._sockserve_connections), oversized=c.oversized)
+            connections=len(self._sockserve_connections), oversized=c.oversized,
+            replies_dropped=c.replies_dropped)
 
     def _sockserve_wake(self) -> None:
         """Make a running ``serve_forever()`` look at its state again; any thread."""

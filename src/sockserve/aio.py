@@ -246,19 +246,31 @@ class AsyncMixIn(_ServerBase):
         for listening in [self.socket, *self.extra_sockets]:
             sock = duplicate(listening)  # the loop closes it when serving stops
             try:
-                await self._listen_on(serving, sock)
+                if self.socket_type == socket.SOCK_DGRAM:
+                    await self._listen_for_datagrams(serving, sock, listening)
+                else:
+                    await self._listen_on(serving, sock)
             except BaseException:
                 sock.close()
                 raise
 
+    async def _listen_for_datagrams(self, serving: Serving, sock: socket.socket,
+                                    listening: socket.socket) -> None:
+        """A datagram endpoint reading *sock*; replies leave through a copy of
+        *listening* of their own, or in a pre-forked worker, of the shared socket of
+        its address (a worker's own SO_REUSEPORT socket must close when it stops)."""
+        worker = self._aio_worker
+        if worker is None:
+            protocol = DatagramServing(serving, duplicate(listening))
+        else:
+            own = next((mine for mine in worker.own_sockets() if mine is listening), None)
+            protocol = WorkerDatagramServing(
+                serving, duplicate(worker.shared_twin(listening)), own)
+        serving.endpoints.append(protocol)  # aclose() closes its reply socket
+        await serving.loop.create_datagram_endpoint(lambda: protocol, sock=sock)
+
     async def _listen_on(self, serving: Serving, sock: socket.socket) -> None:
         loop = serving.loop
-        if self.socket_type == socket.SOCK_DGRAM:
-            protocol = (DatagramServing if self._aio_worker is None
-                        else WorkerDatagramServing)(serving)
-            serving.endpoints.append(protocol)
-            await loop.create_datagram_endpoint(lambda: protocol, sock=sock)
-            return
         reader_class = (ConnectionReader if _aio_loop.is_uvloop(loop)
                         else BufferedConnectionReader)
 
@@ -284,7 +296,7 @@ class AsyncMixIn(_ServerBase):
         socks = [self.socket, *self.extra_sockets]
         if serving.endpoints:
             if worker is not None:
-                await stop_reading(serving, socks, worker.own_sockets())
+                await stop_reading(serving)
         else:
             await serving.stop_accepting(socks, drain is not None and drain[1],
                                          worker.shared_sockets() if worker is not None else [])

@@ -18,6 +18,7 @@ class Counters:
     tls_failed: int = 0  # TLS handshakes that failed
     tls_timed_out: int = 0  # TLS handshakes that did not finish in handshake_timeout
     oversized: int = 0  # datagrams dropped for exceeding max_packet_size
+    replies_dropped: int = 0  # async datagram replies past REPLY_BACKLOG (_aio_replies)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,7 @@ class ServerStatistics:
     tls_in_progress: int  # handshakes the loop is driving now
     connections: int  # stream connections open now
     oversized: int  # datagrams dropped for exceeding max_packet_size
+    replies_dropped: int  # async datagram replies dropped: too many waited for room
     pool: PoolStatistics | None = None  # ThreadPoolMixIn
     workers: SupervisorStatistics | None = None  # PreForkMixIn, in the supervisor
 

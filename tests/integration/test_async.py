@@ -17,7 +17,9 @@ from typing import Any, Literal, TypeVar
 
 import pytest
 
-from sockserve import aio
+from sockserve import _aio_loop, aio
+from sockserve._aio_replies import REPLY_BACKLOG, ReplyTransport
+from sockserve._aio_serving import duplicate
 from sockserve.errors import SockServeError
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
@@ -122,6 +124,87 @@ def test_unix_datagram_round_trip(loop_name: LoopName, unix_path: str) -> None:
         assert client.recv(100) == b"PING"
     os.unlink(client_path)
     assert not os.path.exists(unix_path)
+
+
+class Burst(aio.AsyncDatagramRequestHandler):
+    """``burst N SIZE``: N replies of SIZE bytes at once; anything else: one, "ok"."""
+
+    async def handle(self) -> None:
+        if self.packet.startswith(b"burst "):
+            _, count, size = self.packet.split()
+            for n in range(int(count)):
+                self.send(b"%d:" % n + b"x" * int(size))
+        else:
+            self.send(b"ok")
+
+
+def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
+        loop_name: LoopName, unix_path: str) -> None:
+    # The sleeper's queue takes 10 datagrams: its other 20 replies wait, and must not
+    # hold up the asker's.  The server keeps at most REPLY_BACKLOG bytes waiting: the
+    # second burst's replies (64 x 8 KiB) are dropped past it, and counted.
+    server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
+    with serve_in_thread(server), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
+        sleeper.bind(unix_path + ".s")
+        asker.bind(unix_path + ".a")
+        asker.settimeout(IO_TIMEOUT)
+        sleeper.sendto(b"burst 30 10", unix_path)
+        asker.sendto(b"ask", unix_path)
+        assert asker.recv(100) == b"ok"
+        sleeper.sendto(b"burst 64 8192", unix_path)
+        asker.sendto(b"ask", unix_path)
+        assert asker.recv(100) == b"ok"  # served after the burst: its replies are queued
+        dropped = server.statistics().replies_dropped
+    for suffix in (".s", ".a"):
+        os.unlink(unix_path + suffix)
+    assert dropped >= 64 - REPLY_BACKLOG // 8192
+
+
+def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
+        loop_name: LoopName, unix_path: str) -> None:
+    # A Unix datagram socket polls writable even when the client's queue is full, so
+    # waiting for writability would retry without pause.  Counted over 0.3 s of loop
+    # time (a window to count in, not synchronisation): a timer doubling from 1 ms
+    # retries about ten times; a spin, thousands.
+
+    async def main() -> tuple[int, list[bytes]]:
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server_sock, \
+                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+            server_sock.bind(unix_path)
+            client.bind(unix_path + ".c")
+            client.setblocking(False)
+            transport, protocol = await loop.create_datagram_endpoint(
+                asyncio.DatagramProtocol, sock=duplicate(server_sock))
+            replies = ReplyTransport(transport, duplicate(server_sock), protocol, loop)
+            attempts = 0
+            send = replies._send
+
+            def counting_send(data: Any, addr: Any) -> bool:
+                nonlocal attempts
+                attempts += 1
+                return send(data, addr)
+
+            replies._send = counting_send  # type: ignore[method-assign]
+            for n in range(30):  # 10 fill the client's queue, 20 wait
+                replies.sendto(b"%d" % n, unix_path + ".c")
+            before = attempts
+            await asyncio.sleep(0.3)
+            retries = attempts - before
+            received: list[bytes] = []
+            while len(received) < 30:
+                received.append(await asyncio.wait_for(loop.sock_recv(client, 100),
+                                                       IO_TIMEOUT))
+            replies.close()
+            await replies.closed()
+        os.unlink(unix_path + ".c")
+        return retries, received
+
+    retries, received = _aio_loop.run(main(), aio.resolve_loop_factory(loop_name))
+    assert received == [b"%d" % n for n in range(30)]
+    assert 0 < retries < 100
 
 
 def test_the_loop_is_the_one_asked_for(loop_name: LoopName) -> None:

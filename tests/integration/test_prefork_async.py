@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 import sockserve
-from sockserve import _aio_loop, _aio_worker_datagram, aio
+from sockserve import _aio_replies, aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import (IO_TIMEOUT, connect, datagram_queue_full, listening_sockets, recv_all,
@@ -448,7 +448,7 @@ def test_replies_to_a_client_that_never_reads_do_not_keep_a_recycled_worker(
         loop_name: LoopName, unix_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     # The client's queue takes 10: 20 replies wait, for CLOSE_TIMEOUT once serving
     # ends (set short here: the workers are forked from this process), then are dropped.
-    monkeypatch.setattr(_aio_worker_datagram, "CLOSE_TIMEOUT", 0.2)
+    monkeypatch.setattr(_aio_replies, "CLOSE_TIMEOUT", 0.2)
     server = prefork(loop_name, FloodThenQuiet, sockserve.UnixDatagramServer, unix_path,
                      workers=1, max_requests=2)
     with serve_in_thread(server), \
@@ -461,50 +461,3 @@ def test_replies_to_a_client_that_never_reads_do_not_keep_a_recycled_worker(
         wait_for(lambda: old not in server.worker_pids(), what="the recycled worker to exit")
     os.unlink(unix_path + ".s")
     assert server.statistics().workers.crashed == 0
-
-
-def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
-        loop_name: LoopName, unix_path: str) -> None:
-    # A Unix datagram socket polls writable even when the client's queue is full, so
-    # waiting for writability would retry without pause.  Counted over 0.3 s of loop
-    # time (a window to count in, not synchronisation): a timer doubling from 1 ms
-    # retries about ten times; a spin, thousands.
-    from sockserve._aio_serving import duplicate
-    from sockserve._aio_worker_datagram import ReplyTransport
-
-    async def main() -> tuple[int, list[bytes]]:
-        loop = asyncio.get_running_loop()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server_sock, \
-                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
-            server_sock.bind(unix_path)
-            client.bind(unix_path + ".c")
-            client.setblocking(False)
-            transport, protocol = await loop.create_datagram_endpoint(
-                asyncio.DatagramProtocol, sock=duplicate(server_sock))
-            replies = ReplyTransport(transport, server_sock, protocol, loop)  # type: ignore[arg-type]
-            attempts = 0
-            send = replies._send
-
-            def counting_send(data: Any, addr: Any) -> bool:
-                nonlocal attempts
-                attempts += 1
-                return send(data, addr)
-
-            replies._send = counting_send  # type: ignore[method-assign]
-            for n in range(30):  # 10 fill the client's queue, 20 wait
-                replies.sendto(b"%d" % n, unix_path + ".c")
-            before = attempts
-            await asyncio.sleep(0.3)
-            retries = attempts - before
-            received: list[bytes] = []
-            while len(received) < 30:
-                received.append(await asyncio.wait_for(loop.sock_recv(client, 100),
-                                                       IO_TIMEOUT))
-            replies.close()
-            await replies.closed()
-        os.unlink(unix_path + ".c")
-        return retries, received
-
-    retries, received = _aio_loop.run(main(), aio.resolve_loop_factory(loop_name))
-    assert received == [b"%d" % n for n in range(30)]
-    assert 0 < retries < 100
