@@ -195,6 +195,7 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
                     notify_ready()
                     told_ready = True
                 signum = signals.next(LIVENESS_CHECK)
+                stop_now.check()
                 if signum is None:
                     continue
                 name = signal.Signals(signum).name
@@ -222,46 +223,42 @@ def run(server: BaseServer, *, drain_timeout: float | None = 30.0,
                 else:
                     _keep_serving(lambda: server.scale(+1 if signum == signal.SIGTTIN else -1))
         finally:
-            try:
-                _close(server, loop, signals, stopping_copies, stop_now)
-            finally:
-                stop_now.cancel()
+            _close(server, loop, signals, stopping_copies, stop_now)
     if failures:
         raise failures[0]
     return reports[0] if reports else None
 
 
 class _StopNow:
-    """A second stop signal: ``server.stop_now()``, and an exit of the whole process if
-    the server has still not stopped ``STOP_NOW_GRACE`` seconds later."""
+    """A second stop signal: ``server.stop_now()``; and if the server still serves or
+    closes ``STOP_NOW_GRACE`` seconds later, the process exits without it."""
 
     def __init__(self, server: Any) -> None:
         self.server = server
-        self._timer: threading.Timer | None = None
+        self.deadline: float | None = None
 
     def __call__(self) -> None:
         self.server.stop_now()
-        if self._timer is None:
-            self._timer = threading.Timer(STOP_NOW_GRACE, self._exit)
-            self._timer.daemon = True
-            self._timer.start()
+        if self.deadline is None:
+            self.deadline = time.monotonic() + STOP_NOW_GRACE
 
-    def cancel(self) -> None:
-        """The server has stopped: no exit."""
-        if self._timer is not None:
-            self._timer.cancel()
-
-    @staticmethod
-    def _exit() -> None:
-        logger.error("the server is still running %g s after stopping now: exiting "
-                     "without waiting for its handlers", STOP_NOW_GRACE)
-        logging.shutdown()  # flushes the log
-        for stream in (sys.stdout, sys.stderr):
+    def check(self) -> None:
+        """Called, while the server serves or closes, as signals are waited for."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            message = (f"the server is still running {STOP_NOW_GRACE:g} s after stopping "
+                       "now: exiting without waiting for its handlers")
+            # Straight to stderr too: a logging queue's listener would not get to run.
             try:
-                stream.flush()
-            except (OSError, ValueError):
+                os.write(2, f"sockserve: {message}\n".encode())
+            except OSError:
                 pass
-        os._exit(1)
+            logger.error("%s", message)
+            for stream in (sys.stdout, sys.stderr):
+                try:
+                    stream.flush()
+                except (OSError, ValueError):
+                    pass
+            os._exit(1)
 
 
 def _keep_serving(*actions: Callable[[], None] | None) -> None:
@@ -293,6 +290,7 @@ def _close(server: Any, loop: threading.Thread, signals: Signals,
     closer.start()
     while closer.is_alive():
         signum = signals.next(LIVENESS_CHECK)
+        stop_now.check()
         if signum in STOP_SIGNALS:
             logger.warning("%s while closing: stopping now", signal.Signals(signum).name)
             stop_now()

@@ -23,9 +23,12 @@ ROOT = Path(__file__).resolve().parents[2]
 class Service:
     """``python -m sockserve serve ...`` with its output collected line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None,
+                 command: list[str] | None = None) -> None:
+        """*command*: another program than the CLI, which prints the same banner."""
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "sockserve", "serve", *args, "--bind", "127.0.0.1:0"],
+            command or [sys.executable, "-m", "sockserve", "serve", *args,
+                        "--bind", "127.0.0.1:0"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env=None if env is None else {**os.environ, **env})
         self.lines: list[str] = []
@@ -75,8 +78,9 @@ class Service:
 def service() -> Iterator[Any]:
     started: list[Service] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> Service:
-        started.append(Service(*args, env=env))
+    def start(*args: str, env: dict[str, str] | None = None,
+              command: list[str] | None = None) -> Service:
+        started.append(Service(*args, env=env, command=command))
         return started[-1]
 
     yield start
@@ -126,6 +130,58 @@ def test_a_second_sigterm_stops_at_once(service: Any, handler: str, status: int,
         assert svc.proc.wait(IO_TIMEOUT) == status
         assert recv_all(client) == b""
     svc.wait_line(last_line)
+
+
+def runner_script(handler: str, setup: str = "logging.basicConfig(level=logging.INFO)\n",
+                  run_args: str = "") -> list[str]:
+    """A program that serves *handler* (from apps.py) with ``runner.run(server,
+    drain_timeout=60, <run_args>)`` after *setup* (by default: logging at INFO to
+    stderr), printing the CLI's banner."""
+    return [sys.executable, "-c", (
+        "import logging, logging.handlers, queue, sys, sockserve, sockserve.runner\n"
+        f"from tests.integration.apps import {handler}\n" + setup +
+        f"server = sockserve.ThreadingTCPServer(('127.0.0.1', 0), {handler})\n"
+        "print('serving TCP on 127.0.0.1:%d' % server.server_address[1], flush=True)\n"
+        f"sockserve.runner.run(server, drain_timeout=60, {run_args})\n")]
+
+
+def test_a_second_sigterm_waits_for_a_restarted_copy_without_exiting(service: Any) -> None:
+    # The server stops at once after the second SIGTERM; the runner then waits for the
+    # copy it told to stop, longer than STOP_NOW_GRACE: that is no reason to exit.
+    copy = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('copy up', flush=True); time.sleep(2.5)")
+    svc = service(command=runner_script(
+        "TwoLines", run_args=f"restart_argv=[sys.executable, '-c', {copy!r}]"))
+    with connect(svc.address) as client:
+        client.sendall(b"one\n")
+        assert client.makefile("rb").readline() == b"started\n"
+        svc.signal(signal.SIGUSR2)
+        svc.wait_line(r"^copy up")
+        svc.signal(signal.SIGTERM)
+        svc.wait_line(r"draining")
+        svc.signal(signal.SIGTERM)
+        svc.wait_line(r"again: stopping now")
+        assert svc.proc.wait(IO_TIMEOUT) == 0
+    assert not any("still running" in line for line in svc.lines)
+
+
+def test_the_exit_after_a_second_sigterm_is_said_on_stderr_whatever_the_logging(
+        service: Any) -> None:
+    # Logging through a queue (dictConfig's "queue_handler", 3.12+): the listener
+    # thread would not get to write the record before the process exits.
+    queued = ("q = queue.Queue()\n"
+              "logging.handlers.QueueListener(q, logging.StreamHandler(sys.stdout)).start()\n"
+              "logging.getLogger().setLevel(logging.INFO)\n"
+              "logging.getLogger().addHandler(logging.handlers.QueueHandler(q))\n")
+    svc = service(command=runner_script("Stuck", setup=queued))
+    with connect(svc.address) as client:
+        client.sendall(b"one\n")
+        assert client.makefile("rb").readline() == b"started\n"
+        svc.signal(signal.SIGTERM)
+        svc.wait_line(r"draining")
+        svc.signal(signal.SIGTERM)
+        assert svc.proc.wait(IO_TIMEOUT) == 1
+    svc.wait_line(r"still running 2 s after stopping now: exiting")
 
 
 def test_sighup_replaces_prefork_workers_and_ttin_ttou_scale(service: Any) -> None:
