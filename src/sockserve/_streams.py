@@ -13,8 +13,9 @@ like the stdlib.
 - connection lifetime: a deadline for everything on the connection;
 - max line length: the longest line ``readline()`` returns, newline included; a
   longer one raises ``LineTooLong`` instead of buffering without bound
-  (``readline(size)`` returns at most one byte more than the limit, and the caller
-  judges, as http.server does).
+  (``readline(size)`` with a size up to one byte more than the limit returns what
+  it asks for, and the caller judges, as http.server does with ``readline(65537)``
+  and the 64 KiB default; a larger size gets ``LineTooLong`` past the limit too).
 Running out of time raises ``TimeoutError`` in the handler, which ends the request
 through the usual error handling (logged; the connection is closed).
 """
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import io
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -202,13 +204,13 @@ class _GuardedSocketIO(socket.SocketIO):
 
 
 def _bounded_readline(readline: Any, size: int | None, limit: int | None) -> bytes:
-    """*readline(size)* under the line limit: an unbounded call raises ``LineTooLong``
-    past it; one with a size gets at most ``limit + 1`` bytes and judges the length
-    itself, as http.server and http.client do (``readline(65537)``, then 414/431)."""
+    """*readline(size)* under the line limit: past it, ``LineTooLong``.  A call whose
+    size is at most ``limit + 1`` is the caller's to judge, as http.server and
+    http.client do (``readline(65537)``, then 414/431, with a limit of 64 KiB)."""
     if limit is None:
         return readline(size)  # type: ignore[no-any-return]
-    if size is not None and size >= 0:
-        return readline(min(size, limit + 1))  # type: ignore[no-any-return]
+    if size is not None and 0 <= size <= limit + 1:
+        return readline(size)  # type: ignore[no-any-return]
     line: bytes = readline(limit + 1)
     if len(line) > limit:
         raise LineTooLong(f"line longer than max_line_length ({limit} bytes, "
@@ -265,24 +267,31 @@ class UnbufferedGuardedReader(_GuardedSocketIO):
         return _bounded_readline(self._read_line, size, self._limits.max_line_length)
 
     def _read_line(self, size: int | None) -> bytes:
-        """A line, and not a byte more: the socket's data is peeked at, and only the
-        part up to the newline taken (two system calls a line, not one a byte).  A
-        socket that takes no flags (TLS) is read a byte at a time, as the stdlib does."""
-        peek = type(self._socket) is socket.socket
+        """A line, and not a byte more: what waits is peeked at, and taken up to the
+        newline (two system calls a line, where the stdlib makes one a byte)."""
+        self._checkClosed()
+        if isinstance(self._socket, ssl.SSLSocket):  # takes no flags
+            return self._read_line_bytewise(size)
         line = bytearray()
         while size is None or size < 0 or len(line) < size:
             want = PEEK_SIZE if size is None or size < 0 else min(PEEK_SIZE, size - len(line))
-            if not peek:
-                want = 1
-            elif not (ahead := self._guarded_read(self._socket.recv, want, MSG_PEEK)):
+            ahead = self._guarded_read(self._socket.recv, want, MSG_PEEK)
+            if not ahead:
                 break
-            else:
-                want = ahead.find(b"\n") + 1 or len(ahead)
-            chunk = self._guarded_read(self._socket.recv, want)  # waiting, when peek is off
-            if not chunk:
-                break
+            chunk = self._guarded_read(self._socket.recv, ahead.find(b"\n") + 1 or len(ahead))
             line += chunk
             if chunk.endswith(b"\n"):
+                break
+        return bytes(line)
+
+    def _read_line_bytewise(self, size: int | None) -> bytes:
+        """A line a byte at a time, as ``socket.makefile("rb", 0)`` reads one."""
+        line = bytearray()
+        byte = bytearray(1)
+        while (size is None or size < 0 or len(line) < size) and \
+                _GuardedSocketIO.readinto(self, byte):
+            line += byte
+            if byte == b"\n":
                 break
         return bytes(line)
 

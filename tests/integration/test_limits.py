@@ -373,9 +373,17 @@ def test_nothing_goes_out_after_a_write_timed_out() -> None:
     assert [type(a) for a in after] == [TimeoutError, bool] and after[1] is True
 
 
-def test_http_server_still_answers_414_under_a_line_limit(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    # http.server reads readline(65537) and judges the length itself (414, 431).
+@pytest.mark.parametrize("limit,rbufsize,reply", [
+    (65536, -1, b"HTTP/1.0 414"),  # readline(65537): http.server judges (414, 431)
+    (65536, 0, b"HTTP/1.0 414"),
+    # Under a lower limit, readline(65537) past it raises LineTooLong: the connection
+    # closes unanswered, rather than the request line be served cut short.
+    (1000, -1, b""),
+    (1000, 0, b""),
+])
+def test_http_server_under_a_line_limit(monkeypatch: pytest.MonkeyPatch, limit: int,
+                                        rbufsize: int, reply: bytes,
+                                        caplog: pytest.LogCaptureFixture) -> None:
     import importlib
     import sys
     monkeypatch.setitem(sys.modules, "socketserver", sockserve)
@@ -383,10 +391,57 @@ def test_http_server_still_answers_414_under_a_line_limit(
     del sys.modules["http.server"]
     http_server = importlib.import_module("http.server")
     assert issubclass(http_server.BaseHTTPRequestHandler, sockserve.StreamRequestHandler)
-    server = make(http_server.BaseHTTPRequestHandler, max_line_length=65536)
+    handler = type("Handler", (http_server.BaseHTTPRequestHandler,), {"rbufsize": rbufsize})
+    server = make(handler, max_line_length=limit)
     with serve_in_thread(server), connect(server.server_address) as client:
         client.sendall(b"GET /" + b"a" * 70000 + b" HTTP/1.0\r\n\r\n")
-        assert recv_all(client).startswith(b"HTTP/1.0 414")
+        answer = recv_all(client)
+    assert answer.startswith(reply) and (reply or answer == b"")
+    if not reply:
+        assert any(isinstance(e, LineTooLong) for e in handler_errors(caplog))
+
+
+def test_a_green_handlers_unbuffered_readline_peeks_too(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # GreenMixIn's handlers get a GreenSocket, which takes MSG_PEEK: a line is two
+    # system calls there too, not one a byte.
+    from sockserve.concurrency.green import GreenSocket
+    calls: list[int] = []
+    recv = GreenSocket.recv
+
+    def counting_recv(self: Any, bufsize: int, flags: int = 0) -> bytes:
+        calls.append(bufsize)
+        return recv(self, bufsize, flags)
+
+    monkeypatch.setattr(GreenSocket, "recv", counting_recv)
+
+    class Line(sockserve.StreamRequestHandler):
+        rbufsize = 0
+
+        def handle(self) -> None:
+            self.wfile.write(self.rfile.readline())
+
+    server = type("Server", (sockserve.GreenTCPServer,), {"idle_timeout": IO_TIMEOUT})(
+        ("127.0.0.1", 0), Line)
+    with serve_in_thread(server), connect(server.server_address) as client:
+        client.sendall(b"x" * 63 + b"\n")
+        assert client.makefile("rb").readline() == b"x" * 63 + b"\n"
+    assert len(calls) <= 4, calls  # a peek and a take, each perhaps after a wait
+
+
+def test_readline_on_a_closed_unbuffered_rfile_raises() -> None:
+    class ReadAfterClose(sockserve.StreamRequestHandler):
+        rbufsize = 0
+
+        def handle(self) -> None:
+            self.rfile.close()
+            with pytest.raises(ValueError, match="closed"):
+                self.rfile.readline()
+            self.wfile.write(b"raised\n")
+
+    with limited(ReadAfterClose) as server, connect(server.server_address) as client:
+        client.sendall(b"line\n")
+        assert client.makefile("rb").readline() == b"raised\n"
 
 
 @pytest.mark.parametrize("limits", [{}, {"max_line_length": 1000}, {"idle_timeout": 60.0}])
