@@ -162,6 +162,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _draining_workers = False  # the supervisor's drain() is in progress...
     _drain_for: float | None = None  # ...with this timeout
     _drain_thread: threading.Thread | None = None  # a stopping worker's
+    _drain_counts_from: tuple[int, int] | None = None  # a worker the supervisor drains
     # With AsyncMixIn after this class: that class (its serving methods are the
     # workers'; the supervisor's are the sync ones after it), and in a worker the glue
     # between its event loop and the supervisor.
@@ -343,16 +344,29 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             return
         BaseServer.shutdown(self)  # on the loop's (main) thread: sets the flag, returns
         draining, timeout = self._drain_requested()
+        if draining and self._drain_counts_from is None:
+            self._report_drain(timeout)
         if not draining:
             timeout = self.drain_timeout
         if (draining or timeout is not None) and self._drain_thread is None:
-            if draining and self._drain_channel is not None:
-                self._drain_channel.begun(len(self._sockserve_connections))
             self._sockserve_begin_drain(timeout)
             self._drain_thread = threading.Thread(
-                target=self._drain_worker, args=(timeout, draining), name="sockserve-drain",
+                target=self._drain_worker, args=(timeout,), name="sockserve-drain",
                 daemon=True)
             self._drain_thread.start()
+
+    def _report_drain(self, timeout: float | None) -> None:
+        """The supervisor drains: tell it what is open (before a handler can see
+        ``draining``), and report the end of it from here.  A worker already stopping
+        on its own ``drain_timeout`` gets the supervisor's deadline too, if earlier."""
+        connections = self._sockserve_connections
+        self._drain_counts_from = connections.counts()
+        if self._drain_channel is not None:
+            self._drain_channel.begun(len(connections))
+        if self._drain_thread is not None and timeout is not None:
+            cut = threading.Timer(timeout, connections.cut_all)
+            cut.daemon = True
+            cut.start()
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
         """A worker's SIGTERM handler (on its main thread): ``_stop_worker()``."""
@@ -363,10 +377,14 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         channel = self._drain_channel
         return channel.requested() if channel is not None else (False, None)
 
-    def _drain_worker(self, timeout: float | None, report: bool) -> None:
-        counts = self._sockserve_finish_connections(timeout)
-        if report and self._drain_channel is not None:
-            self._drain_channel.send(counts)
+    def _drain_worker(self, timeout: float | None) -> None:
+        self._sockserve_finish_connections(timeout)
+        if self._drain_counts_from is not None and self._drain_channel is not None:
+            finished_before, cut_before = self._drain_counts_from
+            finished, cut = self._sockserve_connections.counts()
+            finished, cut = finished - finished_before, cut - cut_before
+            self._drain_channel.send(DrainReport(open=finished + cut, finished=finished,
+                                                 cut=cut))
 
     def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
         messages = super()._sockserve_read_wakeups(waker)

@@ -21,6 +21,7 @@ import socket
 from typing import TYPE_CHECKING, Any
 
 from .concurrency.prefork import unblock_stop_signals
+from .stats import DrainReport
 
 if TYPE_CHECKING:
     from ._aio_serving import Serving
@@ -33,6 +34,8 @@ class AsyncWorker:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.drained: Serving | None = None  # the serve() a supervisor's drain ended
+        # What it had open when a supervisor's drain came, if serving was stopping already.
+        self.found_open: int | None = None
 
     def started(self, serving: Serving) -> None:
         """On the loop, once it listens: SIGTERM now arrives as a loop callback (the
@@ -67,9 +70,10 @@ class AsyncWorker:
             server._drain_channel.begun(serving.open_now())  # before handlers see it
         if serving.stop.done():
             # Already stopping (recycled, replaced): a supervisor's drain still sets
-            # the deadline and gets the report.
+            # the deadline and gets the report, of what it found open.
             if draining and self.drained is None:
                 self.drained = serving
+                self.found_open = serving.open_now()
                 if timeout is not None:
                     serving.loop.call_later(timeout, serving.cut_now)
             return
@@ -118,5 +122,11 @@ class AsyncWorker:
     def report(self) -> None:
         """After serving: what a supervisor's drain did here, for its report."""
         channel = self.server._drain_channel
-        if self.drained is not None and channel is not None:
-            channel.send(self.drained.report)
+        if self.drained is None or channel is None:
+            return
+        report = self.drained.report  # from the start of the stop: of what the drain found
+        if self.found_open is not None:  # open, the rest finished
+            finished = max(0, self.found_open - report.cut)
+            report = DrainReport(open=finished + report.cut, finished=finished,
+                                 cut=report.cut)
+        channel.send(report)

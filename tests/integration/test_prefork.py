@@ -489,6 +489,32 @@ def test_a_worker_that_crashes_during_a_drain_has_its_connections_counted_cut(
     assert workers(server).crashed == 1
 
 
+class HoldAndTell(sockserve.StreamRequestHandler):
+    """Says "held", then "stopping" once its worker drains; reads until cut."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"held\n")
+        if self.server.draining.wait(IO_TIMEOUT):
+            self.wfile.write(b"stopping\n")
+        self.rfile.read()
+
+
+@pytest.mark.parametrize("mixin", [sockserve.ThreadingMixIn, sockserve.ThreadPoolMixIn])
+def test_a_replaced_worker_still_stopping_is_drained_and_counted(mixin: type) -> None:
+    # reload(): the old worker stops on its own drain_timeout (60 s); the supervisor's
+    # drain then reaches it, cuts at its own deadline, and gets its counts.
+    server_class = type("Server", (sockserve.PreForkMixIn, mixin, sockserve.TCPServer), {})
+    server = prefork(HoldAndTell, server_class, workers=1, drain_timeout=60.0)
+    with serve_in_thread(server):
+        with connect(server.server_address) as client:
+            assert client.recv(100) == b"held\n"
+            server.reload()
+            assert client.recv(100) == b"stopping\n"  # the old worker is stopping
+            report = server.drain(0.2)
+            assert recv_all(client) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
+
+
 def test_server_close_while_serving_stops_the_loop_before_the_workers() -> None:
     # Otherwise the loop, still running, replaces the stopped workers on a closed socket.
     server = prefork(workers=2)

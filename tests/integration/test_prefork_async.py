@@ -461,3 +461,21 @@ def test_replies_to_a_client_that_never_reads_do_not_keep_a_recycled_worker(
         wait_for(lambda: old not in server.worker_pids(), what="the recycled worker to exit")
     os.unlink(unix_path + ".s")
     assert server.statistics().workers.crashed == 0
+
+
+def test_a_recycled_worker_reports_what_the_drain_found_open(loop_name: LoopName) -> None:
+    # max_requests=2: the worker recycles with two connections open; one ends before
+    # the supervisor's drain reaches the worker, which then reports only the other.
+    server = prefork(loop_name, workers=1, max_requests=2)
+    with serve_in_thread(server):
+        with connect(server.server_address) as first, connect(server.server_address) as second:
+            first.sendall(b"pid\n")
+            second.sendall(b"pid\n")
+            first_pid, second_pid = first.recv(100), second.recv(100)
+            assert first_pid == second_pid
+            wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+            first.sendall(b"bye\n")
+            assert recv_all(first) == b""  # finished before the drain
+            report = server.drain(0.2)
+            assert recv_all(second) == b""
+    assert report == DrainReport(open=1, finished=0, cut=1)
