@@ -54,6 +54,10 @@ class ReplyTransport(asyncio.DatagramTransport):
         super().__init__()
         self._transport = transport  # the loop's: it reads until stop_reading()
         self._sock = sock
+        # No timeout, even under socket.setdefaulttimeout(): a socket with one waits to
+        # be writable before each send, on the loop's thread.  (The file is non-blocking
+        # already: the loop made it so.)
+        sock.settimeout(0.0)
         self._extra_socket = trsock.TransportSocket(sock)  # as the loops show theirs
         self._protocol = protocol  # error_received(), and its counters
         self._loop = loop

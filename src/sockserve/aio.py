@@ -304,8 +304,8 @@ class AsyncMixIn(_ServerBase):
             worker.stopped_accepting()
         grace = drain[0] if drain is not None else self._aio_grace()
         report = await serving.close(grace)
-        for endpoint in serving.endpoints:
-            await endpoint.aclose()
+        # Together: each may wait up to CLOSE_TIMEOUT for its replies to go out.
+        await asyncio.gather(*(endpoint.aclose() for endpoint in serving.endpoints))
         if report.open and (drain is not None or grace):
             logger.info("drained %s: %d connections finished, %d cut",
                         self.server_address, report.finished, report.cut)

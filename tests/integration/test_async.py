@@ -162,6 +162,31 @@ def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
     assert dropped >= 64 - REPLY_BACKLOG // 8192
 
 
+def test_replies_never_wait_on_the_loop_under_a_default_socket_timeout(
+        loop_name: LoopName, unix_path: str) -> None:
+    # socket.setdefaulttimeout() gives new socket objects a timeout, with which a send
+    # first waits to be writable: a reply to a full queue would hold the loop that long.
+    server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(60.0)  # while serving starts: its copies are made then
+    try:
+        with serve_in_thread(server):
+            wait_for(server.is_serving, what="serving")
+            socket.setdefaulttimeout(previous)
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper, \
+                    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
+                sleeper.bind(unix_path + ".s")
+                asker.bind(unix_path + ".a")
+                asker.settimeout(IO_TIMEOUT)
+                sleeper.sendto(b"burst 30 10", unix_path)
+                asker.sendto(b"ask", unix_path)
+                assert asker.recv(100) == b"ok"
+    finally:
+        socket.setdefaulttimeout(previous)
+    for suffix in (".s", ".a"):
+        os.unlink(unix_path + suffix)
+
+
 def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
         loop_name: LoopName, unix_path: str) -> None:
     # A Unix datagram socket polls writable even when the client's queue is full, so
