@@ -11,9 +11,9 @@ transport only reads.  It sends on a copy of the server's socket of its own, wit
   transports then wait for the socket to poll writable, which it always does: they
   retry without pause (100 % CPU) and queue without limit.  Here a reply that cannot
   go yet waits in a queue of its client's, retried on a timer; what waits is bounded
-  (``REPLY_BACKLOG`` bytes), and replies past it are dropped and counted
-  (``replies_dropped``), as a datagram may be.
-- One client that does not read holds up its own replies only, not everyone's.
+  (``CLIENT_BACKLOG`` bytes a client, ``REPLY_BACKLOG`` in all), and replies past it are
+  dropped and counted (``replies_dropped``), as a datagram may be.
+- One client that does not read holds up, and loses, its own replies only.
 
 Measured, a send through it costs what one through uvloop's transport does (3.5 µs
 a datagram with its system call).
@@ -36,9 +36,12 @@ DONTWAIT = int(socket.MSG_DONTWAIT)
 # sendto() errors a UDP server expects (the client went away: ICMP port unreachable
 # is reported on the next socket call, udp(7)); anything else is logged.
 IGNORED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUNREACH})
-# Bytes of replies that may wait for room at once, over all clients (the loops'
-# transports pause their writers at 64 KiB too); past it, replies are dropped.
-REPLY_BACKLOG = 64 * 1024
+# Bytes of replies that may wait for room for one client (the loops' transports pause
+# their writers at 64 KiB), and over all clients; past either, replies are dropped.
+CLIENT_BACKLOG = 64 * 1024
+REPLY_BACKLOG = 4 * 1024 * 1024
+# Dropped replies are logged at most this often.
+DROP_WARNING_INTERVAL = 10.0
 # A waiting reply is tried again after this long, doubling up to RETRY_MAX.
 RETRY_FIRST = 0.001
 RETRY_MAX = 0.05
@@ -62,10 +65,12 @@ class ReplyTransport(asyncio.DatagramTransport):
         self._protocol = protocol  # error_received(), and its counters
         self._loop = loop
         self._waiting: dict[Any, collections.deque[bytes]] = {}  # by client
-        self._queued = 0  # bytes waiting
+        self._waiting_bytes: dict[Any, int] = {}  # by client
+        self._queued = 0  # bytes waiting, over all clients
         self._retry: asyncio.TimerHandle | None = None
         self._retry_delay = RETRY_FIRST
-        self._dropping = False  # replies are being dropped (one warning per episode)
+        self._dropped = 0  # since the last warning
+        self._warned_at = -DROP_WARNING_INTERVAL
         self._closing = False
         self._flushed: asyncio.Future[None] | None = None
 
@@ -77,15 +82,18 @@ class ReplyTransport(asyncio.DatagramTransport):
         if self._closing:
             return  # as the loops' transports, once closed
         waiting = self._waiting.get(addr)
-        if waiting is None:
-            if self._send(data, addr):
-                return
-            waiting = self._waiting[addr] = collections.deque()
-        if self._queued + len(data) > REPLY_BACKLOG:
+        if waiting is None and self._send(data, addr):
+            return
+        size = len(data)
+        if self._waiting_bytes.get(addr, 0) + size > CLIENT_BACKLOG \
+                or self._queued + size > REPLY_BACKLOG:
             self._drop()
             return
+        if waiting is None:
+            waiting = self._waiting[addr] = collections.deque()
         waiting.append(bytes(data))
-        self._queued += len(data)
+        self._waiting_bytes[addr] = self._waiting_bytes.get(addr, 0) + size
+        self._queued += size
         if self._retry is None:
             self._retry = self._loop.call_later(self._retry_delay, self._flush)
 
@@ -105,10 +113,13 @@ class ReplyTransport(asyncio.DatagramTransport):
 
     def _drop(self) -> None:
         self._protocol.counters.replies_dropped += 1
-        if not self._dropping:
-            self._dropping = True
-            logger.warning("datagram replies dropped: %d bytes already wait for clients "
-                           "that do not read (REPLY_BACKLOG)", self._queued)
+        self._dropped += 1
+        now = self._loop.time()
+        if now - self._warned_at >= DROP_WARNING_INTERVAL:
+            logger.warning("%d datagram replies dropped: their clients do not read "
+                           "(%d bytes wait for %d clients)", self._dropped, self._queued,
+                           len(self._waiting))
+            self._warned_at, self._dropped = now, 0
 
     def _flush(self) -> None:
         """Send what waits, in order for each client, while the socket takes it."""
@@ -117,15 +128,16 @@ class ReplyTransport(asyncio.DatagramTransport):
             while waiting:
                 if not self._send(waiting[0], addr):
                     break
-                self._queued -= len(waiting.popleft())
+                size = len(waiting.popleft())
+                self._waiting_bytes[addr] -= size
+                self._queued -= size
             if not waiting:
-                del self._waiting[addr]
+                del self._waiting[addr], self._waiting_bytes[addr]
         if self._waiting:
             self._retry_delay = min(2 * self._retry_delay, RETRY_MAX)
             self._retry = self._loop.call_later(self._retry_delay, self._flush)
             return
         self._retry_delay = RETRY_FIRST
-        self._dropping = False
         if self._closing:
             self._close_socket()
 
@@ -159,12 +171,18 @@ class ReplyTransport(asyncio.DatagramTransport):
     def abort(self) -> None:
         self._closing = True
         self._transport.abort()
+        self.drop_waiting()  # and closes the socket
+
+    def drop_waiting(self) -> None:
+        """Drop the replies that wait for room (``stop_now()``: nothing waits)."""
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
         self._waiting.clear()
+        self._waiting_bytes.clear()
         self._queued = 0
-        self._close_socket()
+        if self._closing:
+            self._close_socket()
 
     def is_closing(self) -> bool:
         return self._closing

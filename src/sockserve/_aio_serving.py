@@ -315,6 +315,9 @@ class Serving:
 
     def cut_now(self) -> None:
         """``stop_now()``: end every connection at once (a drain stops waiting)."""
+        for endpoint in self.endpoints:  # and a datagram server's replies stop waiting
+            if endpoint.transport is not None:
+                endpoint.transport.drop_waiting()
         if self.stop.done():  # stopping: close() cancels them, without waiting first
             self._cut = True
             if self._quiet is not None and not self._quiet.done():

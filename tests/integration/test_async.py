@@ -18,7 +18,7 @@ from typing import Any, Literal, TypeVar
 import pytest
 
 from sockserve import _aio_loop, aio
-from sockserve._aio_replies import REPLY_BACKLOG, ReplyTransport
+from sockserve._aio_replies import CLIENT_BACKLOG, CLOSE_TIMEOUT, ReplyTransport
 from sockserve._aio_serving import duplicate
 from sockserve.errors import SockServeError
 from sockserve.stats import DrainReport
@@ -141,8 +141,9 @@ class Burst(aio.AsyncDatagramRequestHandler):
 def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
         loop_name: LoopName, unix_path: str) -> None:
     # The sleeper's queue takes 10 datagrams: its other 20 replies wait, and must not
-    # hold up the asker's.  The server keeps at most REPLY_BACKLOG bytes waiting: the
-    # second burst's replies (64 x 8 KiB) are dropped past it, and counted.
+    # hold up the asker's.  At most CLIENT_BACKLOG bytes wait for one client: the
+    # second burst's replies (64 x 8 KiB) are dropped past it, and counted; and the
+    # asker's own that must wait (20 asked for at once) still do.
     server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
     with serve_in_thread(server), \
             socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper, \
@@ -157,9 +158,32 @@ def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
         asker.sendto(b"ask", unix_path)
         assert asker.recv(100) == b"ok"  # served after the burst: its replies are queued
         dropped = server.statistics().replies_dropped
+        asker.sendto(b"burst 20 1", unix_path)
+        asker.sendto(b"ask", unix_path)  # its reply comes after the 20
+        replies = [asker.recv(100) for _ in range(21)]
+        assert server.statistics().replies_dropped == dropped
     for suffix in (".s", ".a"):
         os.unlink(unix_path + suffix)
-    assert dropped >= 64 - REPLY_BACKLOG // 8192
+    assert dropped >= 64 - CLIENT_BACKLOG // 8192
+    assert replies == [b"%d:x" % n for n in range(20)] + [b"ok"]
+
+
+def test_stop_now_drops_the_replies_that_wait(loop_name: LoopName, unix_path: str) -> None:
+    # Else serving would end only CLOSE_TIMEOUT later, for a client that does not read
+    # (and the runner, after its second signal, would exit without waiting for it).
+    server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
+    with serve_in_thread(server), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper:
+        sleeper.bind(unix_path + ".s")
+        sleeper.settimeout(IO_TIMEOUT)
+        sleeper.sendto(b"burst 30 10", unix_path)  # 20 wait
+        assert sleeper.recv(100) == b"0:" + b"x" * 10  # the burst has been sent
+        stopper = threading.Thread(target=server.shutdown)
+        stopper.start()
+        wait_for(lambda: not server.is_serving(), what="serving to stop")
+        server.stop_now()
+        stopper.join(CLOSE_TIMEOUT - 1)
+        assert not stopper.is_alive(), "shutdown() waited for the replies"
+    os.unlink(unix_path + ".s")
 
 
 def test_replies_never_wait_on_the_loop_under_a_default_socket_timeout(
