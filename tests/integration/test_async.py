@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import gc
 import importlib.util
@@ -138,6 +139,21 @@ class Burst(aio.AsyncDatagramRequestHandler):
             self.send(b"ok")
 
 
+@contextlib.contextmanager
+def unix_datagram_clients(server_path: str, *names: str) -> Iterator[list[socket.socket]]:
+    """Datagram clients bound next to *server_path* (``<path>.<name>``), so that
+    replies have somewhere to go, with IO_TIMEOUT set; their files removed after."""
+    with contextlib.ExitStack() as stack:
+        clients = []
+        for name in names:
+            client = stack.enter_context(socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM))
+            client.bind(f"{server_path}.{name}")
+            stack.callback(os.unlink, f"{server_path}.{name}")
+            client.settimeout(IO_TIMEOUT)
+            clients.append(client)
+        yield clients
+
+
 def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
         loop_name: LoopName, unix_path: str) -> None:
     # The sleeper's queue takes 10 datagrams: its other 20 replies wait, and must not
@@ -146,11 +162,7 @@ def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
     # asker's own that must wait (20 asked for at once) still do.
     server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
     with serve_in_thread(server), \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
-        sleeper.bind(unix_path + ".s")
-        asker.bind(unix_path + ".a")
-        asker.settimeout(IO_TIMEOUT)
+            unix_datagram_clients(unix_path, "sleeper", "asker") as (sleeper, asker):
         sleeper.sendto(b"burst 30 10", unix_path)
         asker.sendto(b"ask", unix_path)
         assert asker.recv(100) == b"ok"
@@ -162,8 +174,6 @@ def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
         asker.sendto(b"ask", unix_path)  # its reply comes after the 20
         replies = [asker.recv(100) for _ in range(21)]
         assert server.statistics().replies_dropped == dropped
-    for suffix in (".s", ".a"):
-        os.unlink(unix_path + suffix)
     assert dropped >= 64 - CLIENT_BACKLOG // 8192
     assert replies == [b"%d:x" % n for n in range(20)] + [b"ok"]
 
@@ -172,9 +182,7 @@ def test_stop_now_drops_the_replies_that_wait(loop_name: LoopName, unix_path: st
     # Else serving would end only CLOSE_TIMEOUT later, for a client that does not read
     # (and the runner, after its second signal, would exit without waiting for it).
     server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
-    with serve_in_thread(server), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper:
-        sleeper.bind(unix_path + ".s")
-        sleeper.settimeout(IO_TIMEOUT)
+    with serve_in_thread(server), unix_datagram_clients(unix_path, "sleeper") as (sleeper,):
         sleeper.sendto(b"burst 30 10", unix_path)  # 20 wait
         assert sleeper.recv(100) == b"0:" + b"x" * 10  # the burst has been sent
         stopper = threading.Thread(target=server.shutdown)
@@ -183,7 +191,6 @@ def test_stop_now_drops_the_replies_that_wait(loop_name: LoopName, unix_path: st
         server.stop_now()
         stopper.join(CLOSE_TIMEOUT - 1)
         assert not stopper.is_alive(), "shutdown() waited for the replies"
-    os.unlink(unix_path + ".s")
 
 
 def test_replies_never_wait_on_the_loop_under_a_default_socket_timeout(
@@ -197,18 +204,12 @@ def test_replies_never_wait_on_the_loop_under_a_default_socket_timeout(
         with serve_in_thread(server):
             wait_for(server.is_serving, what="serving")
             socket.setdefaulttimeout(previous)
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper, \
-                    socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
-                sleeper.bind(unix_path + ".s")
-                asker.bind(unix_path + ".a")
-                asker.settimeout(IO_TIMEOUT)
+            with unix_datagram_clients(unix_path, "sleeper", "asker") as (sleeper, asker):
                 sleeper.sendto(b"burst 30 10", unix_path)
                 asker.sendto(b"ask", unix_path)
                 assert asker.recv(100) == b"ok"
     finally:
         socket.setdefaulttimeout(previous)
-    for suffix in (".s", ".a"):
-        os.unlink(unix_path + suffix)
 
 
 def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(

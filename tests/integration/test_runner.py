@@ -111,6 +111,22 @@ def test_sigterm_drains_the_request_in_flight(service: Any, model: str) -> None:
     svc.wait_line(r"stopped \(1 connections finished, 0 cut\)")
 
 
+def in_flight(address: Any) -> Any:
+    """A TwoLines (or Stuck) request begun: the server holds it ("two" ends TwoLines)."""
+    client = connect(address)
+    client.sendall(b"one\n")
+    assert client.makefile("rb").readline() == b"started\n"
+    return client
+
+
+def stop_twice(svc: Service) -> None:
+    """SIGTERM, and once the drain has begun, SIGTERM again ("stop now")."""
+    svc.signal(signal.SIGTERM)
+    svc.wait_line(r"SIGTERM: draining")
+    svc.signal(signal.SIGTERM)
+    svc.wait_line(r"SIGTERM again: stopping now")
+
+
 @pytest.mark.parametrize("handler,status,last_line", [
     ("TwoLines", 0, r"stopped \(0 connections finished, 1 cut\)"),
     # A handler that never returns, whatever happens to its socket: after
@@ -121,12 +137,8 @@ def test_a_second_sigterm_stops_at_once(service: Any, handler: str, status: int,
                                         last_line: str) -> None:
     svc = service(f"tests.integration.apps:{handler}", "--model", "threads",
                   "--drain-timeout", "60")
-    with connect(svc.address) as client:
-        client.sendall(b"one\n")
-        assert client.makefile("rb").readline() == b"started\n"
-        svc.signal(signal.SIGTERM)
-        svc.wait_line(r"SIGTERM: draining")
-        svc.signal(signal.SIGTERM)  # without this the drain would wait 60 s
+    with in_flight(svc.address) as client:
+        stop_twice(svc)  # without the second, the drain would wait 60 s
         assert svc.proc.wait(IO_TIMEOUT) == status
         assert recv_all(client) == b""
     svc.wait_line(last_line)
@@ -152,15 +164,10 @@ def test_a_second_sigterm_waits_for_a_restarted_copy_without_exiting(service: An
             "print('copy up', flush=True); time.sleep(2.5)")
     svc = service(command=runner_script(
         "TwoLines", run_args=f"restart_argv=[sys.executable, '-c', {copy!r}]"))
-    with connect(svc.address) as client:
-        client.sendall(b"one\n")
-        assert client.makefile("rb").readline() == b"started\n"
+    with in_flight(svc.address):
         svc.signal(signal.SIGUSR2)
         svc.wait_line(r"^copy up")
-        svc.signal(signal.SIGTERM)
-        svc.wait_line(r"draining")
-        svc.signal(signal.SIGTERM)
-        svc.wait_line(r"again: stopping now")
+        stop_twice(svc)
         assert svc.proc.wait(IO_TIMEOUT) == 0
     assert not any("still running" in line for line in svc.lines)
 
@@ -174,12 +181,8 @@ def test_the_exit_after_a_second_sigterm_is_said_on_stderr_whatever_the_logging(
               "logging.getLogger().setLevel(logging.INFO)\n"
               "logging.getLogger().addHandler(logging.handlers.QueueHandler(q))\n")
     svc = service(command=runner_script("Stuck", setup=queued))
-    with connect(svc.address) as client:
-        client.sendall(b"one\n")
-        assert client.makefile("rb").readline() == b"started\n"
-        svc.signal(signal.SIGTERM)
-        svc.wait_line(r"draining")
-        svc.signal(signal.SIGTERM)
+    with in_flight(svc.address):
+        stop_twice(svc)
         assert svc.proc.wait(IO_TIMEOUT) == 1
     svc.wait_line(r"still running 2 s after stopping now: exiting")
 
@@ -302,14 +305,6 @@ def ended(proc: subprocess.Popen[str]) -> Iterator[IO[str]]:
         proc.kill()
         proc.wait(IO_TIMEOUT)
         proc.stdout.close()
-
-
-def in_flight(address: Any) -> Any:
-    """A TwoLines request begun: the server holds it until "two" is sent."""
-    client = connect(address)
-    client.sendall(b"one\n")
-    assert client.makefile("rb").readline() == b"started\n"
-    return client
 
 
 def test_sigusr2_while_draining_is_ignored(service: Any) -> None:
