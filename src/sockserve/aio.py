@@ -293,12 +293,12 @@ class AsyncMixIn(_ServerBase):
 
     async def _stop_serving(self, serving: Serving) -> None:
         drain, worker = serving.drain, self._aio_worker
-        socks = [self.socket, *self.extra_sockets]
         if serving.endpoints:
             if worker is not None:
                 await stop_reading(serving)
         else:
-            await serving.stop_accepting(socks, drain is not None and drain[1],
+            await serving.stop_accepting([self.socket, *self.extra_sockets],
+                                         drain is not None and drain[1],
                                          worker.shared_sockets() if worker is not None else [])
         if worker is not None:
             worker.stopped_accepting()
