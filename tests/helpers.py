@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from typing import Any
@@ -91,3 +92,15 @@ def datagram_queue_full(prober: socket.socket, path: str) -> bool:
     except BlockingIOError:
         return True
     return False
+
+
+def descriptors_on(pid: int, sock: socket.socket) -> int:
+    """How many of process *pid*'s descriptors refer to *sock*'s socket (/proc)."""
+    target = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            count += os.readlink(f"/proc/{pid}/fd/{fd}") == target
+        except OSError:  # closed meanwhile
+            pass
+    return count

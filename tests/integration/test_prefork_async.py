@@ -17,8 +17,8 @@ import sockserve
 from sockserve import _aio_replies, aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import (IO_TIMEOUT, connect, datagram_queue_full, listening_sockets, recv_all,
-                           wait_for)
+from tests.helpers import (IO_TIMEOUT, connect, datagram_queue_full, descriptors_on,
+                           listening_sockets, recv_all, wait_for)
 from tests.integration.test_async import HAVE_UVLOOP, LOOPS, LoopName
 
 
@@ -294,15 +294,18 @@ def test_workers_serve_async_datagram_handlers(loop_name: LoopName, unix_path: s
 def test_a_stopping_datagram_worker_leaves_new_datagrams_to_the_others_and_still_replies(
         loop_name: LoopName) -> None:
     # max_requests=2: the held datagram is the old worker's last.  It stops taking
-    # datagrams from the shared socket at once (with uvloop only closing its transport
-    # does that), so every later one is the replacement's (ask_datagram() raises if
-    # one goes unanswered); and its held handler still gets its reply out.
+    # datagrams from the shared socket (with uvloop only closing its transport does
+    # that: its copy of the socket, one of three, goes), so every later one is the
+    # replacement's (ask_datagram() raises if one goes unanswered); and its held
+    # handler still gets its reply out.
     with serve_in_thread(prefork(loop_name, DatagramPid, sockserve.UDPServer,
                                  workers=1, max_requests=2)) as server:
         old = ask_datagram(server.server_address)
+        assert descriptors_on(old, server.socket) == 3  # inherited, the loop's, replies'
         held = HeldDatagram(server.server_address)
         try:
-            wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+            wait_for(lambda: descriptors_on(old, server.socket) == 2,
+                     what="the old worker to stop reading")
             later = {ask_datagram(server.server_address) for _ in range(20)}
             assert held.release() == old
         finally:
@@ -424,9 +427,9 @@ def test_workers_starting_and_stopping_leave_the_shared_socket_non_blocking(
     server = prefork(loop_name, Sleepy, sockserve.UDPServer, workers=3)
     with serve_in_thread(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
         client.settimeout(IO_TIMEOUT)
-        wait_for(lambda: server.statistics().workers.workers == 3, what="three workers")
-        for _ in range(3):  # each has made its copies of the socket once serving
-            ask_datagram(server.server_address)
+        wait_for(lambda: len(server.worker_pids()) == 3 and all(
+            descriptors_on(pid, server.socket) == 3 for pid in server.worker_pids()),
+            what="three workers with their copies of the socket")
         server.set_workers(2)
         wait_for(lambda: len(server.worker_pids()) == 2, what="one worker stopped")
         flags = fcntl.fcntl(server.socket.fileno(), fcntl.F_GETFL)
