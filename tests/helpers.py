@@ -57,7 +57,12 @@ def client_ctx(ca: Any, *, alpn: list[str] | None = None) -> ssl.SSLContext:
 def listening_sockets(port: int, kind: str = "tcp") -> int:
     """How many sockets of this network namespace listen on *port* (/proc/net: TCP in
     state LISTEN, UDP bound)."""
-    count = 0
+    return len(listening_inodes(port, kind))
+
+
+def listening_inodes(port: int, kind: str = "tcp") -> set[int]:
+    """The inodes of the sockets that listen on *port* (see ``listening_sockets()``)."""
+    inodes = set()
     for table in (f"/proc/net/{kind}", f"/proc/net/{kind}6"):
         with open(table) as rows:
             next(rows)
@@ -65,8 +70,26 @@ def listening_sockets(port: int, kind: str = "tcp") -> int:
                 fields = row.split()
                 local, state = fields[1], fields[3]
                 if int(local.rsplit(":", 1)[1], 16) == port and (kind == "udp" or state == "0A"):
-                    count += 1
-    return count
+                    inodes.add(int(fields[9]))
+    return inodes
+
+
+def socket_inodes(pid: int) -> list[int]:
+    """The inodes of the sockets process *pid* has descriptors on, one per descriptor."""
+    inodes = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.append(int(target[len("socket:["):-1]))
+    return inodes
+
+
+def descriptors_on(pid: int, sock: socket.socket) -> int:
+    """How many of process *pid*'s descriptors refer to *sock*'s socket (/proc)."""
+    return socket_inodes(pid).count(os.fstat(sock.fileno()).st_ino)
 
 
 def unread_bytes(local: Any, remote: Any) -> int:
@@ -93,14 +116,3 @@ def datagram_queue_full(prober: socket.socket, path: str) -> bool:
         return True
     return False
 
-
-def descriptors_on(pid: int, sock: socket.socket) -> int:
-    """How many of process *pid*'s descriptors refer to *sock*'s socket (/proc)."""
-    target = f"socket:[{os.fstat(sock.fileno()).st_ino}]"
-    count = 0
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            count += os.readlink(f"/proc/{pid}/fd/{fd}") == target
-        except OSError:  # closed meanwhile
-            pass
-    return count

@@ -18,7 +18,8 @@ from sockserve import _aio_replies, aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import (IO_TIMEOUT, connect, datagram_queue_full, descriptors_on,
-                           listening_sockets, recv_all, wait_for)
+                           listening_inodes, listening_sockets, recv_all, socket_inodes,
+                           wait_for)
 from tests.integration.test_async import HAVE_UVLOOP, LOOPS, LoopName
 
 
@@ -149,13 +150,26 @@ def test_a_stopping_worker_strands_no_connection_on_its_own_socket(
         loop_name: LoopName) -> None:
     # Its own SO_REUSEPORT socket closes when it stops accepting: connections made
     # after that go to the other sockets of the group, not into a queue nobody reads.
+    # (One that comes in the instant of the close is reset: docs/scaling.md.  So the
+    # clients wait for it: the old worker's own socket gone, the replacement's there.)
     server = prefork(loop_name, workers=1, max_requests=1, reuse_port_per_worker=True)
     with serve_in_thread(server):
         port = server.server_address[1]
         wait_for(lambda: listening_sockets(port) == 2, what="the shared socket and one own")
+        shared = os.fstat(server.socket.fileno()).st_ino
         with connect(server.server_address) as first:  # its last: the worker stops
-            first.sendall(b"hold\n")
-            assert first.recv(100) == b"held\n"
+            replies_to_first = first.makefile("rb")
+            first.sendall(b"pid\nhold\n")
+            old = int(replies_to_first.readline())
+            assert replies_to_first.readline() == b"held\n"
+
+            def old_closed_its_own_new_has_one() -> bool:
+                listening = listening_inodes(port)
+                return len(listening) == 2 and not (
+                    listening - {shared}) & set(socket_inodes(old))
+
+            wait_for(old_closed_its_own_new_has_one,
+                     what="the old worker's own socket closed, the replacement's open")
             # Hashed over the sockets: all 20 missing the old worker's has odds 2**-20.
             replies = [ask(server.server_address) for _ in range(20)]
             first.sendall(b"go\nbye\n")
