@@ -4,6 +4,7 @@ an event loop of its own, under the same supervisor as the sync workers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import signal
@@ -342,25 +343,45 @@ def test_a_drain_cuts_a_datagram_handler_at_its_deadline(loop_name: LoopName) ->
     assert server.statistics().workers.crashed == 0
 
 
+class BlocksItsLoop(aio.AsyncDatagramRequestHandler):
+    """``block <port>``: connects to the test's port and waits there for a line without
+    awaiting, so that nothing else runs on its worker's loop meanwhile; then, and for
+    anything else, replies with the pid."""
+
+    async def handle(self) -> None:
+        if self.packet.startswith(b"block "):
+            with socket.create_connection(("127.0.0.1", int(self.packet.split()[1])),
+                                          timeout=IO_TIMEOUT) as control:
+                control.recv(1)
+        self.send(b"%d" % os.getpid())
+
+
 def test_a_stopping_datagram_worker_strands_nothing_on_its_own_socket(
         loop_name: LoopName) -> None:
-    # Datagrams hashed to the old worker's own SO_REUSEPORT socket are served before it
-    # closes that socket; those sent after go to the other sockets of the group.  Sent
-    # from 20 ports (ask_datagram() raises if one goes unanswered): all 20 missing the
-    # old worker's socket has odds 2**-20.
-    server = prefork(loop_name, DatagramPid, sockserve.UDPServer, workers=1,
+    # 20 datagrams from 20 ports wait while the old worker's loop is held by its last
+    # request; hashed over the SO_REUSEPORT group, some wait on its own socket (all 20
+    # missing it has odds of (2/3)**20 at most).  Once free, it stops: it must serve
+    # what waits on its own socket before closing it, or those are lost.
+    server = prefork(loop_name, BlocksItsLoop, sockserve.UDPServer, workers=1,
                      max_requests=2, reuse_port_per_worker=True)
-    with serve_in_thread(server):
+    with serve_in_thread(server), socket.create_server(("127.0.0.1", 0)) as control:
+        control.settimeout(IO_TIMEOUT)
         port = server.server_address[1]
         wait_for(lambda: listening_sockets(port, "udp") == 2, what="the shared and one own")
-        old = ask_datagram(server.server_address)
-        held = HeldDatagram(server.server_address)
-        try:
-            for _ in range(20):
-                ask_datagram(server.server_address)
-            assert held.release() == old
-        finally:
-            held.close()
+        ask_datagram(server.server_address)  # the first of its two requests
+        with contextlib.ExitStack() as stack:
+            last = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            last.sendto(b"block %d" % control.getsockname()[1], server.server_address)
+            held, _ = control.accept()  # the old worker's loop is held
+            stack.enter_context(held)
+            clients = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+                       for _ in range(20)]
+            for client in clients:
+                client.settimeout(IO_TIMEOUT)
+                client.sendto(b"pid", server.server_address)
+            held.sendall(b"go")
+            for client in clients:
+                assert int(client.recv(100)) > 0  # recv() raises if its datagram was lost
     assert server.statistics().workers.crashed == 0
 
 
@@ -390,10 +411,13 @@ def test_a_stopped_datagram_workers_replies_wait_for_room(
         control.settimeout(IO_TIMEOUT)
         client.bind(client_path)
         client.settimeout(IO_TIMEOUT)
+        wait_for(lambda: len(server.worker_pids()) == 1, what="a worker")
+        old = server.worker_pids()[0]
         client.sendto(b"%d" % control.getsockname()[1], unix_path)  # its last request
         handler, _ = control.accept()
         with handler:
-            wait_for(lambda: len(server.worker_pids()) == 2, what="the replacement")
+            wait_for(lambda: descriptors_on(old, server.socket) == 2,
+                     what="the old worker to stop reading")
             handler.sendall(b"go\n")
             wait_for(lambda: datagram_queue_full(prober, client_path),
                      what="the client's receive queue to fill")

@@ -15,6 +15,7 @@ from typing import IO, Any
 
 import pytest
 
+from sockserve.runner import STOP_NOW_GRACE
 from tests.helpers import IO_TIMEOUT, client_ctx, connect, listening_sockets, recv_all, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -157,18 +158,35 @@ def runner_script(handler: str, setup: str = "logging.basicConfig(level=logging.
         f"sockserve.runner.run(server, drain_timeout=60, {run_args})\n")]
 
 
-def test_a_second_sigterm_waits_for_a_restarted_copy_without_exiting(service: Any) -> None:
+def test_a_second_sigterm_waits_for_a_restarted_copy_without_exiting(
+        service: Any, tmp_path: Path) -> None:
     # The server stops at once after the second SIGTERM; the runner then waits for the
-    # copy it told to stop, longer than STOP_NOW_GRACE: that is no reason to exit.
-    copy = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('copy up', flush=True); time.sleep(2.5)")
+    # copy it told to stop, which ignores SIGTERM until the test lets it end: waiting
+    # past STOP_NOW_GRACE for it is no reason to exit.
+    release = tmp_path / "release"
+    os.mkfifo(release)
+    copy = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            f"print('copy up', flush=True); open({str(release)!r}).read()")
+    def release_copy() -> None:
+        try:  # the copy reads EOF and ends (no reader: it has ended)
+            os.close(os.open(release, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
     svc = service(command=runner_script(
         "TwoLines", run_args=f"restart_argv=[sys.executable, '-c', {copy!r}]"))
-    with in_flight(svc.address):
-        svc.signal(signal.SIGUSR2)
-        svc.wait_line(r"^copy up")
-        stop_twice(svc)
-        assert svc.proc.wait(IO_TIMEOUT) == 0
+    try:
+        with in_flight(svc.address):
+            svc.signal(signal.SIGUSR2)
+            svc.wait_line(r"^copy up")
+            stop_twice(svc)
+            # Not an exit by then (a wait for what must not happen, not synchronisation):
+            with pytest.raises(subprocess.TimeoutExpired):
+                svc.proc.wait(STOP_NOW_GRACE + 1)
+            release_copy()
+            assert svc.proc.wait(IO_TIMEOUT) == 0
+    finally:
+        release_copy()  # however the test ends: the copy must not outlive it
     assert not any("still running" in line for line in svc.lines)
 
 
@@ -176,8 +194,11 @@ def test_the_exit_after_a_second_sigterm_is_said_on_stderr_whatever_the_logging(
         service: Any) -> None:
     # Logging through a queue (dictConfig's "queue_handler", 3.12+): the listener
     # thread would not get to write the record before the process exits.
+    # The listener writes all but that record, which can then only come from stderr.
     queued = ("q = queue.Queue()\n"
-              "logging.handlers.QueueListener(q, logging.StreamHandler(sys.stdout)).start()\n"
+              "out = logging.StreamHandler(sys.stdout)\n"
+              "out.addFilter(lambda record: 'still running' not in record.getMessage())\n"
+              "logging.handlers.QueueListener(q, out).start()\n"
               "logging.getLogger().setLevel(logging.INFO)\n"
               "logging.getLogger().addHandler(logging.handlers.QueueHandler(q))\n")
     svc = service(command=runner_script("Stuck", setup=queued))

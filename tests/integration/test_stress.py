@@ -205,7 +205,8 @@ def test_recycling_async_datagram_workers_lose_nothing(loop_name: LoopName) -> N
     stats = server.statistics().workers
     assert missing == [0] * 8
     assert stats is not None and stats.crashed == 0
-    assert stats.spawned >= 2 + 8 * 2_000 // 400
+    # (A worker may serve a batch past its 300 that the loop had already read.)
+    assert stats.spawned >= 2 + 8 * 2_000 // 600
 
 
 @pytest.mark.stress
