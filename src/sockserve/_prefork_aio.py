@@ -1,16 +1,18 @@
 """A pre-forked worker that serves async handlers on an event loop.
 
-``class S(PreForkMixIn, AsyncMixIn, TCPServer)``: the supervisor is the sync one, and
-each worker runs ``AsyncMixIn.serve_forever()``.  What differs from a sync worker is
-how it stops and what it tells the supervisor, both done here:
+``class S(PreForkMixIn, AsyncMixIn, TCPServer)`` (or ``UDPServer``): the supervisor is
+the sync one, and each worker runs ``AsyncMixIn.serve_forever()``.  What differs from a
+sync worker is how it stops and what it tells the supervisor, both done here:
 
 - it reports ``S<pid>;`` once its loop listens, and takes SIGTERM on the loop;
-- a stop (SIGTERM, ``max_requests``) leaves the shared listening sockets to the other
-  workers at once, serves what it accepted and what waits on its own SO_REUSEPORT
-  sockets (then closes them), and drains to the supervisor's deadline
-  when the supervisor drains (``drain_timeout`` or ``graceful_timeout`` otherwise);
-- it counts each admitted connection toward ``max_requests``;
-- a drain's report goes back through the supervisor's ``DrainChannel``.
+- a stop (SIGTERM, ``max_requests``) leaves the shared sockets to the other workers at
+  once, serves what it accepted and what waits on its own SO_REUSEPORT sockets (then
+  closes them; datagrams: ``_aio_worker_datagram``), and drains to the supervisor's
+  deadline when the supervisor drains (``drain_timeout`` or ``graceful_timeout``
+  otherwise);
+- it counts each admitted connection or datagram toward ``max_requests``;
+- a drain's reports go back through the supervisor's ``DrainChannel``: what was open
+  when it began, and at the end what finished and what was cut.
 """
 
 from __future__ import annotations
