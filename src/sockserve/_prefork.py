@@ -338,7 +338,11 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         """SIGTERM in a worker: stop accepting and, with a drain timeout (the
         supervisor's ``drain()``, else ``drain_timeout``), cut what is still open at the
         deadline — from a thread, because a serial worker's loop thread may be the one
-        blocked in a handler.  An event-loop worker does it on its loop.  Idempotent."""
+        blocked in a handler.  An event-loop worker does it on its loop.  Idempotent.
+
+        Run by SIGTERM's handler, between any two bytecodes of the main thread: the
+        threads it starts are daemons, which take no lock of threading's the
+        interrupted code may hold but the reentrant one for starting threads."""
         if self._aio_worker is not None:
             self._aio_worker.stop()
             return

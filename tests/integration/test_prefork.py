@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -487,6 +488,33 @@ def test_a_worker_that_crashes_during_a_drain_has_its_connections_counted_cut(
             assert recv_all(first) == b"" and recv_all(second) == b""
     assert report == DrainReport(open=2, finished=0, cut=2)
     assert workers(server).crashed == 1
+
+
+def test_a_stop_signal_starts_the_drain_while_the_code_it_interrupts_holds_threadings_locks(
+        ) -> None:
+    # SIGTERM's handler runs on the worker's main thread, between two bytecodes of
+    # whatever that thread does, and starts the drain's thread there.  Here a serial
+    # handler holds the locks threading takes to start a thread (threading.enumerate()
+    # holds the first; joining a thread, the second, before 3.13) when the drain
+    # reaches its worker.  The first is reentrant; the drain's thread is a daemon, so
+    # it never takes the second: nothing waits for the handler to let go.
+    class HoldThreadingsLocks(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"held\n")
+            with contextlib.ExitStack() as stack:
+                for name in ("_active_limbo_lock", "_shutdown_locks_lock"):
+                    if hasattr(threading, name):  # remade by the fork: looked up here
+                        stack.enter_context(getattr(threading, name))
+                drained = self.server.draining.wait(IO_TIMEOUT)
+            self.wfile.write(b"drained\n" if drained else b"not drained\n")
+
+    with serve_in_thread(prefork(HoldThreadingsLocks, workers=1)) as server:
+        with connect(server.server_address) as client:
+            assert client.recv(100) == b"held\n"
+            report = server.drain(IO_TIMEOUT)
+            assert recv_all(client) == b"drained\n"
+    assert report == DrainReport(open=1, finished=1, cut=0)
+    assert workers(server).crashed == 0
 
 
 class HoldAndTell(sockserve.StreamRequestHandler):
