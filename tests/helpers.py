@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import platform
 import socket
 import ssl
 from typing import Any
+
+import pytest
 
 # Every blocking client step in the suite uses this; pytest-timeout backs it up.
 IO_TIMEOUT = 5.0
@@ -107,12 +110,40 @@ def unread_bytes(local: Any, remote: Any) -> int:
     raise LookupError(f"no TCP socket from {local} to {remote}")
 
 
-def datagram_queue_full(prober: socket.socket, path: str) -> bool:
-    """Whether the Unix datagram socket at *path* can take no more (its receive queue
-    is full): *prober* tries to add one more datagram, b"probe"."""
-    try:
-        prober.sendto(b"probe", socket.MSG_DONTWAIT, path)
-    except BlockingIOError:
-        return True
-    return False
+def fill_datagram_queue(path: str) -> int:
+    """Fill the receive queue of the Unix datagram socket at *path* with b"fill"
+    datagrams, so that nothing more gets in until it reads, however many
+    ``net.unix.max_dgram_qlen`` lets it hold (10 by default, 512 under systemd's
+    sysctl defaults).  Returns how many were sent.
+
+    What waits counts against the send buffer of the socket that sent it, which may
+    run out first: the queue is full when a fresh socket cannot add even one.
+    """
+    sent = 0
+    while True:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as filler:
+            added = 0
+            try:
+                while True:
+                    filler.sendto(b"fill", socket.MSG_DONTWAIT, path)
+                    added += 1
+            except BlockingIOError:
+                pass
+        sent += added  # they stay queued after their sender closes
+        if not added:
+            return sent
+
+
+# The numbers of sendto(2) and sendmsg(2), where /proc/PID/syscall shows them.
+SEND_SYSCALLS = {"x86_64": {44, 46}, "aarch64": {206, 211}}
+
+
+def blocked_sending(pid: int) -> bool:
+    """Whether process *pid*'s main thread waits in a send system call now."""
+    numbers = SEND_SYSCALLS.get(platform.machine())
+    if numbers is None:
+        pytest.skip(f"no send system call numbers known for {platform.machine()}")
+    with open(f"/proc/{pid}/syscall") as state:
+        current = state.read().split()[0]
+    return current.isdigit() and int(current) in numbers
 

@@ -24,7 +24,7 @@ from sockserve._aio_serving import duplicate
 from sockserve.errors import SockServeError
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, connect, fill_datagram_queue, recv_all, wait_for
 
 T = TypeVar("T")
 LoopName = Literal["asyncio", "uvloop"]
@@ -156,13 +156,14 @@ def unix_datagram_clients(server_path: str, *names: str) -> Iterator[list[socket
 
 def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
         loop_name: LoopName, unix_path: str) -> None:
-    # The sleeper's queue takes 10 datagrams: its other 20 replies wait, and must not
-    # hold up the asker's.  At most CLIENT_BACKLOG bytes wait for one client: the
-    # second burst's replies (64 x 8 KiB) are dropped past it, and counted; and the
-    # asker's own that must wait (20 asked for at once) still do.
+    # The sleeper's queue is full: its 30 replies wait, and must not hold up the
+    # asker's.  At most CLIENT_BACKLOG bytes wait for one client: the second burst's
+    # replies (64 x 8 KiB) are dropped past it, and counted; and the asker's own that
+    # must wait (20 asked for at once, its queue full) still do.
     server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
     with serve_in_thread(server), \
             unix_datagram_clients(unix_path, "sleeper", "asker") as (sleeper, asker):
+        fill_datagram_queue(unix_path + ".sleeper")
         sleeper.sendto(b"burst 30 10", unix_path)
         asker.sendto(b"ask", unix_path)
         assert asker.recv(100) == b"ok"
@@ -170,9 +171,10 @@ def test_a_unix_client_that_does_not_read_holds_up_no_other_client(
         asker.sendto(b"ask", unix_path)
         assert asker.recv(100) == b"ok"  # served after the burst: its replies are queued
         dropped = server.statistics().replies_dropped
+        filled = fill_datagram_queue(unix_path + ".asker")
         asker.sendto(b"burst 20 1", unix_path)
         asker.sendto(b"ask", unix_path)  # its reply comes after the 20
-        replies = [asker.recv(100) for _ in range(21)]
+        replies = [asker.recv(100) for _ in range(filled + 21)][filled:]
         assert server.statistics().replies_dropped == dropped
     assert dropped >= 64 - CLIENT_BACKLOG // 8192
     assert replies == [b"%d:x" % n for n in range(20)] + [b"ok"]
@@ -182,9 +184,12 @@ def test_stop_now_drops_the_replies_that_wait(loop_name: LoopName, unix_path: st
     # Else serving would end only CLOSE_TIMEOUT later, for a client that does not read
     # (and the runner, after its second signal, would exit without waiting for it).
     server = aio.AsyncUnixDatagramServer(unix_path, Burst, loop_factory=loop_name)
-    with serve_in_thread(server), unix_datagram_clients(unix_path, "sleeper") as (sleeper,):
-        sleeper.sendto(b"burst 30 10", unix_path)  # 20 wait
-        assert sleeper.recv(100) == b"0:" + b"x" * 10  # the burst has been sent
+    with serve_in_thread(server), \
+            unix_datagram_clients(unix_path, "sleeper", "asker") as (sleeper, asker):
+        fill_datagram_queue(unix_path + ".sleeper")
+        sleeper.sendto(b"burst 30 10", unix_path)  # all wait
+        asker.sendto(b"ask", unix_path)
+        assert asker.recv(100) == b"ok"  # served after the burst: its replies wait
         stopper = threading.Thread(target=server.shutdown)
         stopper.start()
         wait_for(lambda: not server.is_serving(), what="serving to stop")
@@ -205,6 +210,7 @@ def test_replies_never_wait_on_the_loop_under_a_default_socket_timeout(
             wait_for(server.is_serving, what="serving")
             socket.setdefaulttimeout(previous)
             with unix_datagram_clients(unix_path, "sleeper", "asker") as (sleeper, asker):
+                fill_datagram_queue(unix_path + ".sleeper")
                 sleeper.sendto(b"burst 30 10", unix_path)
                 asker.sendto(b"ask", unix_path)
                 assert asker.recv(100) == b"ok"
@@ -238,13 +244,14 @@ def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
                 return send(data, addr)
 
             replies._send = counting_send  # type: ignore[method-assign]
-            for n in range(30):  # 10 fill the client's queue, 20 wait
+            filled = fill_datagram_queue(unix_path + ".c")
+            for n in range(30):  # all wait
                 replies.sendto(b"%d" % n, unix_path + ".c")
             before = attempts
             await asyncio.sleep(0.3)
             retries = attempts - before
             received: list[bytes] = []
-            while len(received) < 30:
+            while len(received) < filled + 30:
                 received.append(await asyncio.wait_for(loop.sock_recv(client, 100),
                                                        IO_TIMEOUT))
             replies.close()
@@ -253,7 +260,8 @@ def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
         return retries, received
 
     retries, received = _aio_loop.run(main(), aio.resolve_loop_factory(loop_name))
-    assert received == [b"%d" % n for n in range(30)]
+    assert [datagram for datagram in received if datagram != b"fill"] == \
+        [b"%d" % n for n in range(30)]
     assert 0 < retries < 100
 
 

@@ -19,8 +19,8 @@ from sockserve.address import bind_sockets
 from sockserve.concurrency.prefork import Supervisor, SupervisorStatistics
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import (IO_TIMEOUT, client_ctx, connect, datagram_queue_full, listening_sockets,
-                           recv_all, wait_for)
+from tests.helpers import (IO_TIMEOUT, blocked_sending, client_ctx, connect, fill_datagram_queue,
+                           listening_sockets, recv_all, wait_for)
 
 
 class Pid(sockserve.StreamRequestHandler):
@@ -413,31 +413,29 @@ def test_workers_end_when_the_supervisor_is_killed() -> None:
 
 
 def test_datagram_workers_wait_for_room_to_reply(unix_path: str) -> None:
-    # A client that reads slower than it is answered: its receive queue fills, and the
-    # worker's reply must wait for room (as in a plain UnixDatagramServer), not fail
-    # with EAGAIN because the shared socket is non-blocking.
+    # A client that reads slower than it is answered: its receive queue is full, and
+    # the worker's reply must wait for room (as in a plain UnixDatagramServer), not
+    # fail with EAGAIN because the shared socket is non-blocking.
     class TwoReplies(sockserve.DatagramRequestHandler):
         def handle(self) -> None:
             self.socket.sendto(b"a" + self.packet, self.client_address)
             self.wfile.write(b"b" + self.packet)
 
     client_path = unix_path + ".c"
-    with serve_in_thread(prefork(TwoReplies, sockserve.PreForkUnixDatagramServer,
-                                 unix_path, workers=1)):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client, \
-                socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as prober:
-            client.bind(client_path)
-            client.settimeout(IO_TIMEOUT)
-            requests = [b"%d" % n for n in range(8)]
-            for request in requests:  # 16 replies: more than a queue holds (10 by default)
-                client.sendto(request, unix_path)
-            wait_for(lambda: datagram_queue_full(prober, client_path),
-                     what="the client's receive queue to fill")
-            replies: list[bytes] = []
-            while len(replies) < 2 * len(requests):
-                if (datagram := client.recv(100)) != b"probe":
-                    replies.append(datagram)
-    assert sorted(replies) == sorted(p + r for r in requests for p in (b"a", b"b"))
+    server = prefork(TwoReplies, sockserve.PreForkUnixDatagramServer, unix_path, workers=1)
+    with serve_in_thread(server), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(client_path)
+        client.settimeout(IO_TIMEOUT)
+        filled = fill_datagram_queue(client_path)
+        requests = [b"%d" % n for n in range(8)]
+        for request in requests:
+            client.sendto(request, unix_path)
+        wait_for(lambda: len(server.worker_pids()) == 1, what="a worker")
+        worker = server.worker_pids()[0]
+        wait_for(lambda: blocked_sending(worker), what="the worker to wait for room")
+        received = [client.recv(100) for _ in range(filled + 2 * len(requests))]
+    assert received[:filled] == [b"fill"] * filled
+    assert sorted(received[filled:]) == sorted(p + r for r in requests for p in (b"a", b"b"))
 
 
 def test_every_listening_socket_is_non_blocking_while_workers_serve() -> None:

@@ -18,7 +18,7 @@ import sockserve
 from sockserve import _aio_replies, aio
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import (IO_TIMEOUT, connect, datagram_queue_full, descriptors_on,
+from tests.helpers import (IO_TIMEOUT, connect, descriptors_on, fill_datagram_queue,
                            listening_inodes, listening_sockets, recv_all, socket_inodes,
                            wait_for)
 from tests.integration.test_async import HAVE_UVLOOP, LOOPS, LoopName
@@ -386,28 +386,29 @@ def test_a_stopping_datagram_worker_strands_nothing_on_its_own_socket(
 
 
 class ThirtyReplies(aio.AsyncDatagramRequestHandler):
-    """Waits on the test's loopback port, then sends 30 replies at once."""
+    """Waits on the test's loopback port, then sends 30 replies at once and says so."""
 
     async def handle(self) -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", int(self.packet))
         try:
             await reader.readline()
+            for n in range(30):
+                self.send(b"%d" % n)
+            writer.write(b"sent\n")
+            await writer.drain()
         finally:
             writer.close()
-        for n in range(30):
-            self.send(b"%d" % n)
 
 
 def test_a_stopped_datagram_workers_replies_wait_for_room(
         loop_name: LoopName, unix_path: str) -> None:
     # After its worker stopped reading, a handler replies to a client whose receive
-    # queue is full (10 datagrams by default): the replies wait for room, none is lost.
+    # queue is full: the replies wait for room, none is lost.
     client_path = unix_path + ".c"
     server = prefork(loop_name, ThirtyReplies, sockserve.UnixDatagramServer, unix_path,
                      workers=1, max_requests=1)
     with serve_in_thread(server), socket.create_server(("127.0.0.1", 0)) as control, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client, \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as prober:
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
         control.settimeout(IO_TIMEOUT)
         client.bind(client_path)
         client.settimeout(IO_TIMEOUT)
@@ -418,15 +419,12 @@ def test_a_stopped_datagram_workers_replies_wait_for_room(
         with handler:
             wait_for(lambda: descriptors_on(old, server.socket) == 2,
                      what="the old worker to stop reading")
+            filled = fill_datagram_queue(client_path)
             handler.sendall(b"go\n")
-            wait_for(lambda: datagram_queue_full(prober, client_path),
-                     what="the client's receive queue to fill")
-            replies: list[bytes] = []
-            while len(replies) < 30:
-                if (datagram := client.recv(100)) != b"probe":
-                    replies.append(datagram)
+            assert handler.recv(100) == b"sent\n"  # all 30 wait
+            received = [client.recv(100) for _ in range(filled + 30)]
     os.unlink(client_path)
-    assert replies == [b"%d" % n for n in range(30)]
+    assert received == [b"fill"] * filled + [b"%d" % n for n in range(30)]
 
 
 class CrashOnDrain(aio.AsyncStreamRequestHandler):
@@ -487,7 +485,7 @@ class FloodThenQuiet(aio.AsyncDatagramRequestHandler):
 
 def test_replies_to_a_client_that_never_reads_do_not_keep_a_recycled_worker(
         loop_name: LoopName, unix_path: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The client's queue takes 10: 20 replies wait, for CLOSE_TIMEOUT once serving
+    # The client's queue is full: its 30 replies wait, for CLOSE_TIMEOUT once serving
     # ends (set short here: the workers are forked from this process), then are dropped.
     monkeypatch.setattr(_aio_replies, "CLOSE_TIMEOUT", 0.2)
     server = prefork(loop_name, FloodThenQuiet, sockserve.UnixDatagramServer, unix_path,
@@ -497,6 +495,7 @@ def test_replies_to_a_client_that_never_reads_do_not_keep_a_recycled_worker(
         sleeper.bind(unix_path + ".s")
         wait_for(lambda: len(server.worker_pids()) == 1, what="a worker")
         old = server.worker_pids()[0]
+        fill_datagram_queue(unix_path + ".s")
         sleeper.sendto(b"flood", unix_path)  # request 1
         sleeper.sendto(b"quiet", unix_path)  # request 2: its last
         wait_for(lambda: old not in server.worker_pids(), what="the recycled worker to exit")
