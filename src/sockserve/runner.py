@@ -247,11 +247,12 @@ class _StopNow:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             message = (f"the server is still running {STOP_NOW_GRACE:g} s after stopping "
                        "now: exiting without waiting for its handlers")
-            # Straight to stderr too: a logging queue's listener would not get to run.
-            try:
-                os.write(2, f"sockserve: {message}\n".encode())
-            except OSError:
-                pass
+            if not _logged_to_stderr(logger, logging.ERROR):
+                # A logging queue's listener, say, would not get to write it.
+                try:
+                    os.write(2, f"sockserve: {message}\n".encode())
+                except OSError:
+                    pass
             logger.error("%s", message)
             for stream in (sys.stdout, sys.stderr):
                 try:
@@ -259,6 +260,30 @@ class _StopNow:
                 except (OSError, ValueError):
                     pass
             os._exit(1)
+
+
+def _logged_to_stderr(log: logging.Logger, level: int) -> bool:
+    """Whether a record of *level* from *log* is written to stderr as it is logged:
+    by a stream handler on stderr it reaches, or by logging's last resort."""
+    if not log.isEnabledFor(level):
+        return False
+    handlers: list[logging.Handler] = []
+    current: logging.Logger | None = log
+    while current is not None:
+        handlers += current.handlers
+        current = current.parent if current.propagate else None
+    if not handlers:
+        handlers = [logging.lastResort] if logging.lastResort is not None else []
+    for handler in handlers:
+        stream = getattr(handler, "stream", None)
+        if type(handler) is logging.StreamHandler or handler is logging.lastResort:
+            try:
+                on_stderr = stream is sys.stderr or stream.fileno() == 2  # type: ignore[union-attr]
+            except (AttributeError, OSError, ValueError):
+                on_stderr = False
+            if on_stderr and level >= handler.level:
+                return True
+    return False
 
 
 def _keep_serving(*actions: Callable[[], None] | None) -> None:

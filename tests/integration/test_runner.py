@@ -143,6 +143,8 @@ def test_a_second_sigterm_stops_at_once(service: Any, handler: str, status: int,
         assert svc.proc.wait(IO_TIMEOUT) == status
         assert recv_all(client) == b""
     svc.wait_line(last_line)
+    # Said once: the CLI logs to stderr, so the runner does not write it there again.
+    assert sum(bool(re.search(last_line, line)) for line in svc.lines) == 1
 
 
 def runner_script(handler: str, setup: str = "logging.basicConfig(level=logging.INFO)\n",
