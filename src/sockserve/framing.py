@@ -58,7 +58,7 @@ class LineFramer:
             messages.append(bytes(buffer[begin:end + 1]))
             begin = search_from = end + 1
         del buffer[:begin]
-        if len(buffer) > self._max and not messages:
+        if len(buffer) >= self._max and not messages:  # no room left for its newline
             raise FrameTooLong(f"line longer than {self._max} bytes")
         return messages  # with a too-long line left over, the next feed() raises
 

@@ -38,8 +38,8 @@ def test_line_limit_counts_the_newline() -> None:
     with pytest.raises(FrameTooLong):
         LineFramer(max_size=4).feed(b"abcd\n")
     framer = LineFramer(max_size=4)
-    with pytest.raises(FrameTooLong):  # as soon as it cannot fit, before any newline
-        byte_by_byte(framer, b"abcde")
+    with pytest.raises(FrameTooLong):  # as soon as it cannot fit, before any newline:
+        byte_by_byte(framer, b"abcd")  # four bytes leave no room for one
 
 
 def test_length_prefix() -> None:
