@@ -39,7 +39,12 @@ KINDS: frozenset[str] = frozenset({"tcp", "udp", "unix", "unixgram", "fd"})
 UNIX_PATH_MAX = 108
 
 _PORT = re.compile(r"[0-9]{1,5}")
-_FD = re.compile(r"[0-9]{1,9}")
+_FD = re.compile(r"[0-9]{1,10}")
+_FD_MAX = 2**31 - 1  # a C int
+# An IPv6 zone: a number, or an interface name as Linux takes it (dev_valid_name():
+# below IFNAMSIZ bytes, no '/', ':' or white space), in printable ASCII without the
+# address syntax's '%', '[', '\' and ']'.
+_ZONE = re.compile(r"[!-$&-.0-9;-Z^-~]{1,15}")
 # RFC 1123 section 2.1 labels, plus "_", which real service names (Docker, SRV) carry.
 _LABEL = re.compile(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)")
 # RFC 1035 section 2.3.4: 255 octets on the wire, 253 characters written out.
@@ -85,9 +90,9 @@ class Address:
         if self.port is not None:
             _check_number(self.port, "port", 65535)
         if self.fd is not None:
-            _check_number(self.fd, "descriptor", None)
-        if self.host is not None:
-            _check_host(self.host)
+            _check_number(self.fd, "descriptor", _FD_MAX)
+        if self.host is not None:  # canonical, as a parsed one: str() parses back equal
+            object.__setattr__(self, "host", _check_host(self.host))
         if self.path is not None:
             _check_unix_path(self.path)
 
@@ -128,13 +133,11 @@ def _check_number(value: object, what: str, maximum: int | None) -> None:
         raise AddressError(f"{what} {value} is out of range ({limit})")
 
 
-def _check_host(host: object) -> None:
+def _check_host(host: object) -> str:
+    """*host* in canonical form, or AddressError."""
     if not isinstance(host, str):
         raise AddressError(f"host must be a str, not {type(host).__name__}")
-    if ":" in host:
-        _ipv6_literal(host)
-    else:
-        _host(host)
+    return _ipv6_literal(host) if ":" in host else _host(host)
 
 
 def _check_unix_path(path: object) -> None:
@@ -237,6 +240,10 @@ def _ipv6_literal(text: str) -> str:
         address = ipaddress.IPv6Address(text)
     except ValueError:
         raise AddressError(f"{text!r} is not an IPv6 address") from None
+    if address.scope_id is not None and not _ZONE.fullmatch(address.scope_id):
+        raise AddressError(f"zone {address.scope_id!r} is neither an interface name "
+                           "(at most 15 bytes of printable ASCII, no '/', ':', '%' or "
+                           "brackets) nor a number")
     if address.ipv4_mapped is not None and address.scope_id is None:
         # Python 3.13 writes mapped addresses this way; earlier versions as ::ffff:7f00:1.
         return f"::ffff:{address.ipv4_mapped}"
@@ -260,7 +267,12 @@ def _host(text: str) -> str:
             raise AddressError(f"{text!r} is not a valid IPv4 address") from None
     if len(text.rstrip(".")) > _HOSTNAME_MAX or not all(map(_LABEL.fullmatch, labels)):
         raise AddressError(f"{text!r} is not a valid host name")
-    return text
+    try:  # "0x7f000001", "10.0.0.0x1": C's inet_aton(), which resolvers use, reads
+        socket.inet_aton(text)  # them as IPv4 addresses; no name looks like them
+    except OSError:
+        return text
+    raise AddressError(f"{text!r} reads as an IPv4 address in a shorthand form; "
+                       "write it as four decimal numbers, a.b.c.d")
 
 
 def bind_sockets(address: Address | str, *, backlog: int = 128, reuse_address: bool = True,

@@ -122,6 +122,15 @@ def test_abstract_names_are_flagged() -> None:
     ("fd://-1", "fd://N"),
     ("fd://x", "fd://N"),
     ("fd://3:4", "fd://N"),
+    ("fd://4294967296", "out of range"),
+    # Number forms the resolver reads as IPv4 (inet_aton(3)), whatever their last label:
+    ("0x0:80", "shorthand"),
+    ("0x7f000001:80", "shorthand"),
+    ("10.0.0.0x1:80", "shorthand"),
+    # A zone is an interface name (at most 15 bytes, no '/', ':' or space) or a number.
+    ("[fe80::1%" + "a" * 16 + "]:80", "zone"),
+    ("[fe80::1%a b]:80", "zone"),
+    ("[fe80::1%\udcff]:80", "zone"),
 ])
 def test_invalid_addresses_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(AddressError) as excinfo:
@@ -155,6 +164,7 @@ def test_non_str_is_a_type_error() -> None:
     (dict(kind="tcp", host="h", port="80"), "must be an int"),
     (dict(kind="tcp", host="a b", port=1), "not a valid host name"),
     (dict(kind="tcp", host="[::1]", port=1), "not an IPv6 address"),
+    (dict(kind="tcp", host="fe80::1%a]b", port=1), "zone"),
     (dict(kind="tcp", host=None, port=1), "needs host"),
     (dict(kind="unix", path="@name"), "./@"),
     (dict(kind="unix", path=""), "empty"),
@@ -165,6 +175,18 @@ def test_constructed_addresses_are_checked_too(kwargs: dict[str, object],
     with pytest.raises(AddressError) as excinfo:
         Address(**kwargs)  # type: ignore[arg-type]
     assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize("host, canonical", [
+    ("0:0::0", "::"),
+    ("::FFFF:127.0.0.1", "::ffff:127.0.0.1"),
+    ("FE80::1%eth0", "fe80::1%eth0"),
+])
+def test_constructed_addresses_are_canonical(host: str, canonical: str) -> None:
+    # As parsed ones are: "0:0::0" is the wildcard, and str() parses back to an equal one.
+    address = Address("tcp", host=host, port=80)
+    assert address.host == canonical
+    assert parse_address(str(address)) == address
 
 
 def test_addresses_are_frozen_and_hashable() -> None:
