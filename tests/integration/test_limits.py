@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import socket
 import ssl
+import sys
+import termios
 import threading
 import time
 from typing import Any
@@ -246,6 +249,11 @@ def test_an_unbuffered_rfile_leaves_what_follows_a_line_in_the_socket() -> None:
         assert c.recv(100) == b"raw bytes"
 
 
+def unread(sock: socket.socket) -> int:
+    """How many bytes wait unread in *sock*'s receive queue."""
+    return int.from_bytes(fcntl.ioctl(sock, termios.FIONREAD, b"\0" * 4), sys.byteorder)
+
+
 def test_an_unbuffered_readline_takes_a_line_in_pieces_and_nothing_after_it() -> None:
     # It peeks for the newline and takes only up to it: a line that arrives in pieces
     # is put together, and what follows stays in the socket.
@@ -255,7 +263,8 @@ def test_an_unbuffered_readline_takes_a_line_in_pieces_and_nothing_after_it() ->
         lines: list[bytes] = []
         peer.sendall(b"ab")
         reader = threading.Thread(target=lambda: lines.append(rfile.readline()))
-        reader.start()  # takes "ab", then waits for the rest (or gets it all at once)
+        reader.start()
+        wait_for(lambda: unread(ours) == 0, what="the reader to take the first piece")
         peer.sendall(b"c\nabcdef\nrest")
         reader.join(IO_TIMEOUT)
         assert lines == [b"abc\n"]
