@@ -453,6 +453,8 @@ class ConnectionReader(Resumable, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
+        if self.writer is not None:
+            self.writer.connection_lost()
         if self._life_timer is not None:
             self._life_timer.cancel()
             self._life_timer = None

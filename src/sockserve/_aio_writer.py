@@ -18,13 +18,19 @@ def expire(waiter: asyncio.Future[Any], message: str) -> None:
         waiter.set_exception(TimeoutError(message))
 
 
+def _dropped(data: Any) -> None:
+    """What a lost connection's ``write()`` and ``writelines()`` do with *data*."""
+
+
 class ConnectionWriter:
     """The sending side of a connection: ``write()`` buffers, ``await drain()`` waits for room.
 
     ``write()`` and ``writelines()`` are the transport's own methods: they send at once
     what the socket takes and buffer the rest.  ``drain()`` waits while that buffer is
     above the transport's high-water mark, so a handler that awaits it after each write
-    never holds more than about one write beyond the mark.
+    never holds more than about one write beyond the mark.  Once the connection is lost
+    they drop what they are given, as asyncio's transports do (uvloop's raise
+    RuntimeError), and ``drain()`` raises ``ConnectionResetError``.
     """
 
     __slots__ = ("transport", "write", "writelines", "_reader")
@@ -37,6 +43,10 @@ class ConnectionWriter:
         self.write = transport.write
         self.writelines = transport.writelines
         self._reader = reader
+
+    def connection_lost(self) -> None:
+        """The connection is gone: writes from now on are dropped."""
+        self.write = self.writelines = _dropped
 
     async def drain(self) -> None:
         """Wait until the transport's write buffer is below its low-water mark.

@@ -10,6 +10,7 @@ import importlib.util
 import logging
 import os
 import socket
+import struct
 import sys
 import threading
 import weakref
@@ -263,6 +264,35 @@ def test_a_reply_that_waits_for_room_is_retried_on_a_timer_not_spun(
     assert [datagram for datagram in received if datagram != b"fill"] == \
         [b"%d" % n for n in range(30)]
     assert 0 < retries < 100
+
+
+def test_a_write_after_the_connection_is_lost_is_dropped_and_drain_says_so(
+        loop_name: LoopName) -> None:
+    # As on asyncio's own transports; uvloop's raise RuntimeError once closed.
+    outcome: list[str] = []
+    done = threading.Event()
+
+    class WriteAfterReset(aio.AsyncStreamRequestHandler):
+        async def handle(self) -> None:
+            try:
+                await self.reader.read_some()
+                self.writer.write(b"ready")
+                await self.writer.wait_closed()  # the client resets the connection
+                self.writer.write(b"lost")
+                self.writer.writelines([b"lost"])
+                await self.writer.drain()
+            except Exception as exc:
+                outcome.append(type(exc).__name__)
+            finally:
+                done.set()
+
+    with serve_in_thread(tcp(WriteAfterReset, loop_name)) as server:
+        with connect(server.server_address) as client:
+            client.sendall(b"x")
+            assert client.recv(100) == b"ready"
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        assert done.wait(IO_TIMEOUT)
+    assert outcome == ["ConnectionResetError"]
 
 
 def test_the_loop_is_the_one_asked_for(loop_name: LoopName) -> None:
