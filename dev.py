@@ -5,6 +5,7 @@ Each task makes the virtual environment it needs under .venv/ and installs socks
 with its test extras into it; nothing is installed outside the project folder.
 
     python3 dev.py demo [ARGS]   the upper-casing echo server (``sockserve echo ARGS``)
+    python3 dev.py send ARGS     its client, from the same venv (``sockserve send ARGS``)
     python3 dev.py test [ARGS]   the whole test suite on every Python 3.10-3.13 found,
                                  then strict mypy (ARGS go to pytest and skip mypy;
                                  SOCKSERVE_PYTHONS=3.12,3.13 picks interpreters)
@@ -72,8 +73,17 @@ def venv_for(python: str) -> Path:
 
 
 def demo(args: list[str]) -> int:
+    return sockserve_command("echo", args)
+
+
+def send(args: list[str]) -> int:
+    return sockserve_command("send", args)
+
+
+def sockserve_command(name: str, args: list[str]) -> int:
+    """``sockserve NAME ARGS`` in the venv of the newest Python found."""
     venv = venv_for(interpreters()[-1])
-    return subprocess.call([str(venv / "bin" / "python"), "-m", "sockserve", "echo", *args])
+    return subprocess.call([str(venv / "bin" / "python"), "-m", "sockserve", name, *args])
 
 
 def test(args: list[str]) -> int:
@@ -110,7 +120,7 @@ def test(args: list[str]) -> int:
 
 
 def main() -> int:
-    tasks = {"demo": demo, "test": test}
+    tasks = {"demo": demo, "send": send, "test": test}
     if len(sys.argv) < 2 or sys.argv[1] not in tasks:
         print(__doc__)
         return 2
