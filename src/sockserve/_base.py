@@ -42,6 +42,11 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 ACCEPT_BACKOFF_FIRST = 0.1
 ACCEPT_BACKOFF_MAX = 1.0
 
+class RequestDropped(OSError):
+    """From ``get_request()``: what came in was dropped (and already counted and
+    logged, as an oversized datagram is), so there is no request to serve."""
+
+
 # accept()/recvfrom() errors that only concern one client, or a race with another
 # acceptor: skip them quietly, as the stdlib does (accept(2), "Error handling").
 ACCEPT_IGNORED_ERRNOS = frozenset(
@@ -613,7 +618,8 @@ class BaseServer:
             log = logger.warning if first else logger.debug
             log("accept() on %s failed (%s); pausing accepts for %.1f s",
                 self.server_address, exc, self.__accept_backoff)
-        elif exc.errno not in ACCEPT_IGNORED_ERRNOS and not isinstance(exc, TimeoutError):
+        elif exc.errno not in ACCEPT_IGNORED_ERRNOS and \
+                not isinstance(exc, (TimeoutError, RequestDropped)):
             logger.warning("accept() on %s failed: %s", self.server_address, exc)
 
     # -- hooks ------------------------------------------------------------------

@@ -7,13 +7,16 @@ Same hooks, attributes and defaults as the stdlib's; Unix socket files are clean
 from __future__ import annotations
 
 import errno
+import logging
 import socket
 from collections.abc import Collection
 from typing import Any
 
-from ._base import BaseServer
+from ._base import BaseServer, RequestDropped
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
 from .address import make_listening
+
+logger = logging.getLogger("sockserve.server")
 
 __all__ = ["BaseServer", "TCPServer", "UDPServer", "UnixStreamServer", "UnixDatagramServer"]
 
@@ -182,8 +185,9 @@ class UDPServer(TCPServer):
         data, _, flags, client_addr = listener.recvmsg(self.max_packet_size, 0, receive_flags)
         if flags & _MSG_TRUNC:  # recvmsg(2): the datagram was longer than asked
             self._sockserve_counters.oversized += 1
-            raise OSError(errno.EMSGSIZE, f"datagram from {client_addr} longer than "
-                          f"max_packet_size ({self.max_packet_size} bytes): dropped")
+            logger.warning("datagram from %s longer than max_packet_size (%d bytes): "
+                           "dropped", client_addr, self.max_packet_size)
+            raise RequestDropped(errno.EMSGSIZE, "oversized datagram dropped")
         return (data, listener), client_addr
 
     def server_activate(self) -> None:

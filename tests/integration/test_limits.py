@@ -226,7 +226,9 @@ def test_oversized_datagrams_are_dropped_logged_and_counted(
                     assert client.recv(10) == b"100"  # the stdlib's truncation
                 client.sendto(b"x" * 50, server.server_address)
                 assert client.recv(10) == b"50"
-    assert any("longer than max_packet_size" in r.getMessage() for r in caplog.records)
+    drops = [r.getMessage() for r in caplog.records if "max_packet_size" in r.getMessage()]
+    assert len(drops) == 1 and drops[0].startswith("datagram from ('127.0.0.1', "), drops
+    assert drops[0].endswith(" longer than max_packet_size (100 bytes): dropped"), drops
 
 
 # -- the guarded rfile/wfile (any limit set) behave as socket.makefile()'s ------------
