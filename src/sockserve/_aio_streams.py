@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._aio_driver import WAIT, Resumable, suspend
 from ._aio_limits import LIFETIME_EXCEEDED, WRITE_TIMEOUT, ConnectionLimits
 from ._aio_writer import ConnectionWriter, expire
-from ._streams import LineTooLong
+from .errors import LineTooLong
 
 if TYPE_CHECKING:
     from ._aio_serving import Serving

@@ -31,11 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from .errors import SockServeError
-
-
-class LineTooLong(SockServeError, ValueError):
-    """A line longer than the server's ``max_line_length`` arrived."""
+from .errors import LineTooLong
 
 
 @dataclass

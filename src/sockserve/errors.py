@@ -8,7 +8,7 @@ the operating system stay ``OSError``.
 
 from __future__ import annotations
 
-__all__ = ["SockServeError", "AddressError", "AccessListError"]
+__all__ = ["SockServeError", "AddressError", "AccessListError", "LineTooLong"]
 
 
 class SockServeError(Exception):
@@ -21,3 +21,7 @@ class AddressError(SockServeError, ValueError):
 
 class AccessListError(SockServeError, ValueError):
     """An allow or deny entry is not an IP address or CIDR network."""
+
+
+class LineTooLong(SockServeError, ValueError):
+    """A line longer than the server's ``max_line_length`` arrived."""

@@ -21,7 +21,7 @@ import pytest
 import trustme
 
 from sockserve import aio, tls
-from sockserve._streams import LineTooLong
+from sockserve.errors import LineTooLong
 from sockserve.access import AccessList
 from sockserve.address import bind_sockets
 from sockserve.stats import DrainReport

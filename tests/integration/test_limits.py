@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 import sockserve
-from sockserve._streams import LineTooLong, StreamLimits, guarded_files
+from sockserve._streams import StreamLimits, guarded_files
+from sockserve.errors import LineTooLong
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
 
