@@ -225,6 +225,12 @@ class EventedMixIn(_ConcurrencyMixIn):
     # up to this long), then its connection lingers with the others.
     _sockserve_handshake_grace_on_stop = 1.0
 
+    def _sockserve_check_settings(self) -> None:
+        super()._sockserve_check_settings()
+        if getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
+            raise TypeError(f"{type(self).__name__}: the evented model serves stream "
+                            "connections; use a pool or pre-fork for datagrams")
+
     def process_request(self, request: Any, client_address: Any) -> None:
         handler_class = self.RequestHandlerClass
         if not (isinstance(handler_class, type) and

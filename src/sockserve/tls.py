@@ -45,9 +45,12 @@ def server_context(certfile: str | os.PathLike[str], keyfile: str | os.PathLike[
         alpn_protocols: protocols offered in ALPN, in order of preference.
 
     Raises:
-        ValueError: verify_client needs client_cafile.
+        ValueError: verify_client is not one of those, or needs client_cafile.
         ssl.SSLError, OSError: the files cannot be loaded.
     """
+    if verify_client not in _VERIFY_MODES:
+        raise ValueError(f"verify_client={verify_client!r}: use 'none', 'optional' or "
+                         "'required'")
     if verify_client != "none" and client_cafile is None:
         raise ValueError(f"verify_client={verify_client!r} needs client_cafile")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)

@@ -137,6 +137,22 @@ def test_other_handlers_are_refused() -> None:
             server.process_request(unused, ("127.0.0.1", 1))
 
 
+def test_datagram_servers_are_refused_before_serving() -> None:
+    class EventedUDP(sockserve.EventedMixIn, sockserve.UDPServer):
+        pass
+
+    class Upper(sockserve.MessageRequestHandler):
+        def handle_message(self, message: bytes) -> bytes:
+            return message.upper()
+
+    with EventedUDP(("127.0.0.1", 0), Upper) as server:
+        server.timeout = 0.01  # else it would wait for a request
+        with pytest.raises(TypeError, match="stream"):
+            server.handle_request()
+        with pytest.raises(TypeError, match="stream"):
+            server.serve_forever()
+
+
 def test_evented_workers_under_prefork() -> None:
     class Server(sockserve.PreForkMixIn, sockserve.EventedMixIn, sockserve.TCPServer):
         workers = 2

@@ -129,6 +129,9 @@ def test_client_certificates(ca: trustme.CA) -> None:
             tls_exchange(server.server_address, client_ctx(ca))
     with pytest.raises(ValueError, match="client_cafile"):
         tls.server_context("unused.pem", verify_client="optional")
+    with pytest.raises(ValueError, match="'none', 'optional' or 'required'"):
+        tls.server_context("unused.pem", client_cafile="unused.pem",
+                           verify_client="always")  # type: ignore[arg-type]
 
 
 def test_certificates_reload_without_closing_the_listener(ca: trustme.CA,
