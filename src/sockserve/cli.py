@@ -23,6 +23,9 @@ from .runner import inherited_listen_sockets, run
 logger = logging.getLogger("sockserve.cli")
 
 MODELS = ("serial", "threads", "pool", "prefork", "green", "evented", "async")
+DEFAULT_SERVE_ADDRESS = "127.0.0.1:8000"
+DEFAULT_WORKERS = 2  # PreForkMixIn.workers
+DEFAULT_THREADS = 16  # ThreadPoolMixIn.max_workers
 
 
 def _positive(text: str) -> int:
@@ -65,7 +68,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("serving")
     group.add_argument("--bind", type=_address, metavar="ADDR", action="append",
                        help="HOST:PORT, [IPv6]:PORT, *:PORT, udp://HOST:PORT, unix:/path, "
-                            "unix:@name, fd://N; repeat to serve several addresses")
+                            "unix:@name, fd://N; repeat to serve several addresses "
+                            f"(default: {DEFAULT_SERVE_ADDRESS} for serve, --host and "
+                            "--port for echo)")
     group.add_argument("--unix-mode", type=lambda text: int(text, 8), metavar="OCTAL",
                        help="permissions of Unix socket files, e.g. 660")
     group.add_argument("--unix-owner", type=_owner, metavar="USER[:GROUP]",
@@ -73,13 +78,16 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", choices=MODELS,
                        help="concurrency model (default: pool; evented for a "
                             "MessageRequestHandler, async for an async handler)")
-    group.add_argument("--workers", type=_positive, default=2, help="processes for prefork")
+    group.add_argument("--workers", type=_positive,
+                       help=f"processes for prefork (default: {DEFAULT_WORKERS})")
     group.add_argument("--reuse-port", action="store_true",
                        help="prefork: each worker also listens on a SO_REUSEPORT socket of "
                             "its own (the kernel balances connections)")
     group.add_argument("--cpu-affinity", action="store_true",
                        help="prefork: pin each worker to one CPU, spread over the CPUs")
-    group.add_argument("--threads", type=_positive, default=16, help="threads for pool")
+    group.add_argument("--threads", type=_positive,
+                       help=f"threads for pool, and for each prefork worker of blocking "
+                            f"handlers (default: {DEFAULT_THREADS})")
     limits = parser.add_argument_group("limits (defaults: sockserve.defaults)")
     for name, kind in (("max-connections", int), ("idle-timeout", float),
                        ("read-timeout", float), ("write-timeout", float),
@@ -190,6 +198,18 @@ def server_class_for(sock: socket.socket, model: str, handlers: str = "blocking"
     return cls
 
 
+def _check_model_options(args: argparse.Namespace) -> None:
+    """Refuse an option the chosen model would ignore."""
+    given = [("--workers", args.workers is not None, ("prefork",)),
+             ("--reuse-port", args.reuse_port, ("prefork",)),
+             ("--cpu-affinity", args.cpu_affinity, ("prefork",)),
+             ("--threads", args.threads is not None, ("pool", "prefork"))]
+    for option, present, models in given:
+        if present and args.model not in models:
+            raise SockServeError(f"{option} applies to --model {' or '.join(models)}, "
+                                 f"not {args.model}")
+
+
 def build_server(args: argparse.Namespace, handler: type, addresses: list[Address]) -> Any:
     """Bind (or take the inherited sockets) and configure a server from the options.
 
@@ -199,6 +219,7 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
     if (args.tls_key or args.tls_client_ca) and not args.tls_cert:
         raise SockServeError("--tls-key and --tls-client-ca need --tls-cert")
     args.model = choose_model(handler, args.model)
+    _check_model_options(args)
     # What the options can get wrong, before anything is bound.
     access_list = AccessList.from_strings(args.allow, args.deny) \
         if args.allow or args.deny else None
@@ -223,7 +244,8 @@ def build_server(args: argparse.Namespace, handler: type, addresses: list[Addres
         if args.tls_cert and socks[0].type != socket.SOCK_STREAM:
             raise SockServeError("TLS needs stream sockets (there is no DTLS)")
         model_class = server_class_for(socks[0], args.model, handler_kind(handler))
-        settings: dict[str, Any] = {"max_workers": args.threads, "workers": args.workers,
+        settings: dict[str, Any] = {"max_workers": args.threads or DEFAULT_THREADS,
+                                    "workers": args.workers or DEFAULT_WORKERS,
                                     "reuse_port_per_worker": args.reuse_port,
                                     "worker_cpu_affinity": args.cpu_affinity,
                                     "unmap_ipv4_clients": True}
@@ -303,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             scheme = "udp://" if args.udp else ""
             host = f"[{args.host}]" if ":" in args.host else args.host
             return serve(args, handler, parse_address(f"{scheme}{host}:{args.port}"))
-        return serve(args, load_handler(args.handler), parse_address("127.0.0.1:8000"))
+        return serve(args, load_handler(args.handler), parse_address(DEFAULT_SERVE_ADDRESS))
     except (SockServeError, OSError) as exc:
         print(f"sockserve: {exc}", file=sys.stderr)
         return 1

@@ -159,6 +159,13 @@ def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> No
     (["serve", "tests.integration.apps:Upper", "--bind", "udp://127.0.0.1:0"],
      "a MessageRequestHandler needs a stream socket"),
     (["echo", "--port", "0", "--tls-key", "key.pem"], "--tls-key and --tls-client-ca need --tls-cert"),
+    (["echo", "--port", "0", "--model", "threads", "--workers", "4"],
+     "--workers applies to --model prefork, not threads"),
+    (["echo", "--port", "0", "--reuse-port"], "--reuse-port applies to --model prefork, not pool"),
+    (["serve", "tests.integration.apps:AsyncUpper", "--model", "async", "--cpu-affinity"],
+     "--cpu-affinity applies to --model prefork, not async"),
+    (["echo", "--port", "0", "--model", "green", "--threads", "4"],
+     "--threads applies to --model pool or prefork, not green"),
 ])
 def test_what_cannot_be_served_is_a_clear_error(args: list[str], message: str,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
