@@ -273,15 +273,21 @@ class BaseServer:
         the parent's loop to stop and returns.  (To also finish or cut the open
         connections, use ``drain()``.)
         """
-        self.__shutdown_request = True
-        waker, owner = self.__waker, self.__loop_owner
-        if waker is not None:
-            waker.wake(SHUTDOWN)
+        self._sockserve_request_stop()
+        owner = self.__loop_owner
         if owner is not None and owner[0] != os.getpid():
             return  # a forked child: the loop is the parent's, and it has been told
         if owner == (os.getpid(), threading.get_ident()):
             return  # a handler on the loop's own thread: the loop ends after it
         self.__is_shut_down.wait()
+
+    def _sockserve_request_stop(self) -> None:
+        """Ask the running loop to stop, and return: a flag and a wake-up, no lock
+        (safe from any thread, and from a signal handler)."""
+        self.__shutdown_request = True
+        waker = self.__waker
+        if waker is not None:
+            waker.wake(SHUTDOWN)
 
     def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
         """Stop accepting, let open connections finish, cut what is left at *timeout*.

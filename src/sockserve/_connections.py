@@ -120,6 +120,11 @@ class ConnectionRegistry:
         with self._cond:
             return self.finished_total, self.cut_total
 
+    def open_and_counts(self) -> tuple[int, int, int]:
+        """(open now, finished_total, cut_total), read together."""
+        with self._cond:
+            return len(self._open), self.finished_total, self.cut_total
+
     def cut_all(self) -> int:
         """Shut down every open connection in both directions; returns how many.
 

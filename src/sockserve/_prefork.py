@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._mixins import _ConcurrencyMixIn
 from ._prefork_aio import AsyncWorker
-from ._server import BaseServer, TCPServer, UDPServer
+from ._server import TCPServer, UDPServer
 from ._wakeup import SHUTDOWN, Waker
 from .concurrency.prefork import (
     SUPERVISOR_SIGNALS,
@@ -47,6 +47,8 @@ DRAIN_EXIT_MARGIN = 5.0
 # "R<pid>;" when retiring (max_requests).  These bytes never read as the waker's
 # one-byte messages (_wakeup.py).
 WORKER_MESSAGE = re.compile(rb"([RS])(\d+);")
+# What a sync worker's stop thread hears (_request_stop()).
+STOP_REQUESTED, WORKER_ENDS = b"t", b"e"
 
 def _not_for_workers(signum: int, frame: object) -> None:
     """A worker's handler for SUPERVISOR_SIGNALS: nothing to do."""
@@ -162,6 +164,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     _draining_workers = False  # the supervisor's drain() is in progress...
     _drain_for: float | None = None  # ...with this timeout
     _drain_thread: threading.Thread | None = None  # a stopping worker's
+    _stop_requests: Waker | None = None  # a sync worker's, to its stop thread...
+    _stop_thread: threading.Thread | None = None  # ...which acts on them
     _drain_counts_from: tuple[int, int] | None = None  # a worker the supervisor drains
     # With AsyncMixIn after this class: that class (its serving methods are the
     # workers'; the supervisor's are the sync ones after it), and in a worker the glue
@@ -205,18 +209,10 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
     def _sockserve_serve_loop(self, selector: selectors.BaseSelector, waker: Waker,
                     poll_interval: float | None) -> None:
         if self.in_worker:
-            # A stop signal must reach the loop even when the Python-level handler is
-            # late or never runs (a forked child of a non-main thread on 3.13 may not
-            # run it until some system call is interrupted): the C-level handler also
-            # writes the signal number into the waker (signal.set_wakeup_fd).
-            previous = signal.set_wakeup_fd(waker.write_fileno(), warn_on_full_buffer=False)
-            unblock_stop_signals()
+            unblock_stop_signals()  # the stop thread hears them (_start_stop_thread)
             if self._supervisor_waker is not None:
                 self._supervisor_waker.wake(b"S%d;" % os.getpid())
-            try:
-                super()._sockserve_serve_loop(selector, waker, poll_interval)
-            finally:
-                signal.set_wakeup_fd(previous)
+            super()._sockserve_serve_loop(selector, waker, poll_interval)
             return
         self._poll_interval = poll_interval
         # A worker that lost accept() to another must not sit in it, where neither the
@@ -295,6 +291,8 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                 self._listen_on_own_sockets()
             if self._event_loop_class is not None:
                 self._aio_worker = AsyncWorker(self)
+            else:
+                self._start_stop_thread()
             try:
                 self.serve_forever(self._poll_interval)
             finally:
@@ -315,6 +313,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         finally:
             try:
                 self.server_close()  # joins a pool's threads; never unlinks the parent's file
+                self._end_stop_thread()  # a drain it started is in _drain_thread
                 if self._drain_thread is not None:  # it reports to the supervisor; the
                     self._drain_thread.join()  # connections are gone, or its deadline is
             finally:
@@ -334,19 +333,69 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         self._own_sockets = tuple(own)
         self.extra_sockets = [*self.extra_sockets, *own]
 
-    def _stop_worker(self) -> None:
-        """SIGTERM in a worker: stop accepting and, with a drain timeout (the
-        supervisor's ``drain()``, else ``drain_timeout``), cut what is still open at the
-        deadline — from a thread, because a serial worker's loop thread may be the one
-        blocked in a handler.  An event-loop worker does it on its loop.  Idempotent.
+    def _request_stop(self) -> None:
+        """Stop accepting now, and have the stop thread do the rest: from SIGTERM's
+        handler, the loop's wake-up, or a worker that served its last request.
 
-        Run by SIGTERM's handler, between any two bytecodes of the main thread: the
-        threads it starts are daemons, which take no lock of threading's the
-        interrupted code may hold but the reentrant one for starting threads."""
+        Only a flag and two wake-ups, as a signal handler should: it runs between any
+        two bytecodes of the main thread, which may be serving a request (a serial
+        worker) or hold a lock the rest would need.  An event-loop worker's stop goes
+        through its loop."""
         if self._aio_worker is not None:
             self._aio_worker.stop()
             return
-        BaseServer.shutdown(self)  # on the loop's (main) thread: sets the flag, returns
+        self._sockserve_request_stop()
+        if self._stop_requests is not None:
+            self._stop_requests.wake(STOP_REQUESTED)
+
+    def _start_stop_thread(self) -> None:
+        """In a sync worker: the thread that acts on its stop requests.
+
+        SIGTERM reaches it straight from the C-level handler too, which writes the
+        signal's number into its waker (``signal.set_wakeup_fd()``): Python runs the
+        Python-level handler only once the main thread is back in bytecode, which a
+        handler in a long call (``os.system()``, a C extension) may not be for a
+        while, and a forked child of a non-main thread on 3.13 may not run it until
+        some system call is interrupted."""
+        self._stop_requests = requests = Waker()
+        self._stop_thread = threading.Thread(target=self._act_on_stop_requests,
+                                             args=(requests,), name="sockserve-stop",
+                                             daemon=True)
+        self._stop_thread.start()
+        signal.set_wakeup_fd(requests.write_fileno(), warn_on_full_buffer=False)
+
+    def _act_on_stop_requests(self, requests: Waker) -> None:
+        """The stop thread: ``_stop_worker()`` on each request, until the worker ends."""
+        sigterm = bytes([signal.SIGTERM])
+        with selectors.DefaultSelector() as selector:
+            selector.register(requests, selectors.EVENT_READ)
+            while True:
+                selector.select()
+                messages = requests.read_messages()
+                if STOP_REQUESTED in messages or sigterm in messages:
+                    try:
+                        self._stop_worker()
+                    except Exception:
+                        logger.exception("worker %d: stopping failed", os.getpid())
+                if WORKER_ENDS in messages:
+                    return
+
+    def _end_stop_thread(self) -> None:
+        """At the worker's end: wait for the stop thread to act on what it was asked."""
+        requests, self._stop_requests = self._stop_requests, None
+        if requests is None or self._stop_thread is None:
+            return
+        signal.set_wakeup_fd(-1)
+        requests.wake(WORKER_ENDS)
+        self._stop_thread.join()
+        requests.close()  # a late signal's wake() then fails quietly (socketpair)
+
+    def _stop_worker(self) -> None:
+        """On the stop thread: with a drain timeout (the supervisor's ``drain()``, else
+        ``drain_timeout``), cut what is still open at the deadline — from a thread of
+        its own, as the stop thread must still hear a drain that comes later.
+        Idempotent."""
+        self._sockserve_request_stop()
         draining, timeout = self._drain_requested()
         if draining and self._drain_counts_from is None:
             self._report_drain(timeout)
@@ -364,17 +413,18 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         ``draining``), and report the end of it from here.  A worker already stopping
         on its own ``drain_timeout`` gets the supervisor's deadline too, if earlier."""
         connections = self._sockserve_connections
-        self._drain_counts_from = connections.counts()
+        open_now, finished, cut = connections.open_and_counts()
+        self._drain_counts_from = (finished, cut)
         if self._drain_channel is not None:
-            self._drain_channel.begun(len(connections))
+            self._drain_channel.begun(open_now)
         if self._drain_thread is not None and timeout is not None:
-            cut = threading.Timer(timeout, connections.cut_all)
-            cut.daemon = True
-            cut.start()
+            cut_at_deadline = threading.Timer(timeout, connections.cut_all)
+            cut_at_deadline.daemon = True
+            cut_at_deadline.start()
 
     def _on_sigterm(self, signum: int, frame: object) -> None:
-        """A worker's SIGTERM handler (on its main thread): ``_stop_worker()``."""
-        self._stop_worker()
+        """A worker's SIGTERM handler (on its main thread): ``_request_stop()``."""
+        self._request_stop()
 
     def _drain_requested(self) -> tuple[bool, float | None]:
         """In a worker: whether the supervisor drains, and with what timeout."""
@@ -392,10 +442,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
 
     def _sockserve_read_wakeups(self, waker: Waker) -> bytes:
         messages = super()._sockserve_read_wakeups(waker)
-        if self.in_worker:
-            if bytes([signal.SIGTERM]) in messages:
-                self._stop_worker()
-        elif self._supervisor is not None:
+        if not self.in_worker and self._supervisor is not None:
             for kind, pid in WORKER_MESSAGE.findall(messages):
                 if kind == b"S":
                     self._supervisor.mark_serving(int(pid))
@@ -428,7 +475,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         logger.info("worker %d served max_requests: recycling", os.getpid())
         if self._supervisor_waker is not None:  # lost, it is replaced when it exits
             self._supervisor_waker.wake(b"R%d;" % os.getpid())
-        self._stop_worker()
+        self._request_stop()
 
     def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
         """In the supervisor: every worker stops accepting and drains its connections

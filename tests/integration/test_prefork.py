@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -490,12 +491,11 @@ def test_a_worker_that_crashes_during_a_drain_has_its_connections_counted_cut(
 
 def test_a_stop_signal_starts_the_drain_while_the_code_it_interrupts_holds_threadings_locks(
         ) -> None:
-    # SIGTERM's handler runs on the worker's main thread, between two bytecodes of
-    # whatever that thread does, and starts the drain's thread there.  Here a serial
-    # handler holds the locks threading takes to start a thread (threading.enumerate()
-    # holds the first; joining a thread, the second, before 3.13) when the drain
-    # reaches its worker.  The first is reentrant; the drain's thread is a daemon, so
-    # it never takes the second: nothing waits for the handler to let go.
+    # SIGTERM's Python-level handler runs on the worker's main thread, between two
+    # bytecodes of whatever that thread does; the worker's stop thread, not the
+    # handler, starts the drain.  Here a serial handler holds the locks threading takes
+    # to start a thread (threading.enumerate() holds the first; joining a thread, the
+    # second, before 3.13) when the drain reaches its worker: the drain still begins.
     class HoldThreadingsLocks(sockserve.StreamRequestHandler):
         def handle(self) -> None:
             self.wfile.write(b"held\n")
@@ -513,6 +513,41 @@ def test_a_stop_signal_starts_the_drain_while_the_code_it_interrupts_holds_threa
             assert recv_all(client) == b"drained\n"
     assert report == DrainReport(open=1, finished=1, cut=0)
     assert workers(server).crashed == 0
+
+
+def test_a_drain_reaches_a_worker_whose_handler_is_in_a_call_that_holds_off_signals(
+        tmp_path: Path) -> None:
+    # Python runs a signal's handler only once the main thread is back in bytecode,
+    # and os.system() keeps waiting for its child through signals.  The worker's stop
+    # thread hears SIGTERM at once (signal.set_wakeup_fd), so the drain begins and its
+    # deadline cuts the connection while the handler is still in that call.
+    release = tmp_path / "release"
+    os.mkfifo(release)
+
+    class InSystem(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"held\n")
+            os.system(f"cat {release} > /dev/null")  # until the test opens the FIFO
+
+    def release_handler() -> None:
+        try:  # cat reads EOF and ends (no reader: it has ended)
+            os.close(os.open(release, os.O_WRONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+
+    reports: list[DrainReport] = []
+    with serve_in_thread(prefork(InSystem, workers=1)) as server:
+        drainer = threading.Thread(target=lambda: reports.append(server.drain(0.2)))
+        try:
+            with connect(server.server_address) as client:
+                assert client.recv(100) == b"held\n"
+                drainer.start()
+                assert recv_all(client) == b""  # cut at 0.2 s, the handler still waiting
+        finally:
+            release_handler()  # however the test ends: the worker can then end
+            if drainer.ident is not None:
+                drainer.join(IO_TIMEOUT)
+    assert reports == [DrainReport(open=1, finished=0, cut=1)]
 
 
 class HoldAndTell(sockserve.StreamRequestHandler):
