@@ -55,6 +55,20 @@ def test_many_connections_share_one_hub_thread(handler: type) -> None:
                 client.close()
 
 
+@pytest.mark.parametrize("limit", [{"max_line_length": 1024}, {"read_timeout": 30.0},
+                                   {"write_timeout": 30.0}])
+def test_a_limit_without_an_idle_timeout_waits_as_long_as_it_must(
+        limit: dict[str, float]) -> None:
+    # A read with no idle limit waits "for ever" (a year), which is more than epoll
+    # takes in one call (INT_MAX ms, about 24.8 days): the hub waits in shorter steps.
+    with serve_in_thread(make(LineEcho, sockserve.GreenTCPServer, **limit)) as server, \
+            connect(server.server_address) as client:
+        for line in (b"one\n", b"two\n"):  # between them the handler waits
+            client.sendall(line)
+            assert client.recv(100) == line.upper()
+        assert server.statistics().connections == 1
+
+
 def test_large_replies_to_a_slow_reader_do_not_stop_the_others() -> None:
     """sendall() to a client that does not read waits in its greenlet only."""
     payload = os.urandom(4 << 20)

@@ -57,6 +57,10 @@ _TRY_EVERY_READ = select.EPOLLRDHUP | select.EPOLLHUP | select.EPOLLERR | select
 _TIMED_OUT = object()  # what the hub hands a waiter whose deadline passed
 # Greenlets kept waiting for the next connection when theirs ends.
 IDLE_GREENLETS = 64
+# The longest wait of one epoll/poll call: they take at most INT_MAX milliseconds
+# (about 24.8 days), and a read without an idle limit waits "for ever" (a year,
+# _streams.FOREVER).  A longer wait is made of several.
+MAX_POLL_WAIT = 86400.0
 
 _recv = socket.socket.recv
 _recv_into = socket.socket.recv_into
@@ -118,7 +122,7 @@ class _Timers:
         while heap and heap[0][2] is None:
             heapq.heappop(heap)
             self._cancelled -= 1
-        return max(0.0, heap[0][0] - now) if heap else -1
+        return min(MAX_POLL_WAIT, max(0.0, heap[0][0] - now)) if heap else -1
 
     def pop_due(self, now: float) -> list[Any]:
         due = []
@@ -390,8 +394,14 @@ class Hub:
 def _poll_wait(sock: Any, write: bool, timeout: float | None) -> None:
     poller = select.poll()
     poller.register(sock.fileno(), select.POLLOUT if write else select.POLLIN)
-    if not poller.poll(None if timeout is None else timeout * 1000):
-        raise TimeoutError("timed out")
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        wait = None if deadline is None else \
+            min(MAX_POLL_WAIT, max(0.0, deadline - time.monotonic()))
+        if poller.poll(None if wait is None else wait * 1000):
+            break
+        if deadline is not None and time.monotonic() >= deadline:
+            raise TimeoutError("timed out")
     if write:
         sock._writable = True
     else:
