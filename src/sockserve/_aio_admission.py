@@ -67,8 +67,8 @@ def reject(serving: Serving, transport: asyncio.Transport, client_address: Any,
     server._sockserve_counters.rejected += 1
     logger.warning("rejecting %s: %s", client_address, reason)
     busy_reply = server.busy_reply
-    if busy_reply is not None:
-        transport.write(busy_reply)  # sent at once: a new connection has room for it
+    if busy_reply is not None and server.ssl_context is None:  # else before the TLS
+        transport.write(busy_reply)  # handshake; sent at once: a new connection has room
     if transport.get_write_buffer_size():
         transport.abort()  # never keep a rejected client's connection open to flush it
     else:

@@ -27,7 +27,7 @@ from ._aio_admission import admit, allowed
 from ._aio_driver import Parking, drive
 from ._aio_limits import ConnectionLimits
 from ._aio_streams import RECEIVE_BUFFER_SIZE, ConnectionReader
-from ._aio_tls import start_handshake
+from ._aio_tls import start_handshake, tls_gone_before_handshake
 from ._server import BaseServer
 from .address import unmap_client_address
 from .stats import DrainReport
@@ -175,7 +175,10 @@ class Serving:
         client_address = transport.get_extra_info("peername")
         if client_address is None and self.inet:
             # Reset before the loop asked for its address (uvloop): gone, and with no
-            # address the accept rules would take it for a Unix client.
+            # address the accept rules would take it for a Unix client.  A TLS client
+            # counts as a failed handshake, as it does in the sync servers.
+            if server.ssl_context is not None:
+                tls_gone_before_handshake(server)
             transport.abort()
             return
         # The accept rules, in the sync servers' order (_aio_admission).

@@ -100,6 +100,12 @@ def start_handshake(serving: Serving, reader: ConnectionReader, transport: async
     return handshake
 
 
+def tls_gone_before_handshake(server: Any) -> None:
+    """A TLS client reset before its address could be read: a failed handshake."""
+    logger.info("TLS: handshake failed: a client reset its connection before it began")
+    server._sockserve_counters.tls_failed += 1
+
+
 async def finish_handshake(serving: Serving, reader: ConnectionReader,
                            handshake: StartedHandshake, client_address: Any) -> bool:
     """Await the handshake in the connection's task; True once the reader is upgraded.
@@ -129,6 +135,15 @@ async def finish_handshake(serving: Serving, reader: ConnectionReader,
         return False
     finally:
         serving.handshakes -= 1
-    assert transport is not None
+    if transport is None or transport.get_extra_info("ssl_object") is None:
+        # The client went away before the handshake could begin: uvloop's start_tls()
+        # then hands back a closed transport, whose protocol never hears of the loss.
+        logger.info("TLS with %s: handshake failed: the connection was closed",
+                    client_address)
+        counters.tls_failed += 1
+        reader.connection_lost(None)
+        if transport is not None:
+            transport.abort()
+        return False
     reader._upgraded(transport)
     return True

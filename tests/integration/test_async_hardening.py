@@ -9,6 +9,7 @@ import select
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import threading
@@ -21,9 +22,9 @@ import pytest
 import trustme
 
 from sockserve import aio, tls
-from sockserve.errors import LineTooLong
 from sockserve.access import AccessList
 from sockserve.address import bind_sockets
+from sockserve.errors import LineTooLong
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
 from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
@@ -327,6 +328,69 @@ def test_tls_failures_are_counted_and_serving_goes_on(
         assert tls_exchange(server.server_address, client_ctx(ca))[0] == b"hello\n"
     assert server.statistics().tls_timed_out == 0
     assert any("handshake failed" in r.getMessage() for r in caplog.records)
+
+
+def client_hello(ca: trustme.CA) -> bytes:
+    """The first bytes a TLS client sends (its ClientHello)."""
+    hello = ssl.MemoryBIO()
+    conn = client_ctx(ca).wrap_bio(ssl.MemoryBIO(), hello, server_hostname="localhost")
+    with pytest.raises(ssl.SSLWantReadError):
+        conn.do_handshake()
+    return hello.read()
+
+
+@pytest.mark.parametrize("how", ["close", "reset", "hello then reset"])
+def test_tls_clients_gone_before_their_handshake_are_counted_and_free_their_slot(
+        loop_name: LoopName, ca: trustme.CA, server_ctx: ssl.SSLContext, how: str) -> None:
+    # A first client holds the loop (in verify_request()) while three more connect and
+    # go away, so the loop finds them gone as it takes them.  uvloop's start_tls() then
+    # gave back a closed transport, and each connection kept its slot for ever,
+    # uncounted: max_connections filled up with port scans.  Reset before the loop
+    # asked for its address, a client was dropped uncounted too.
+    holding, loop_free = threading.Event(), threading.Event()
+
+    class Server(Recording):
+        max_connections = 4
+
+        def verify_request(self, request: Any, client_address: Any) -> bool:
+            if not loop_free.is_set():
+                holding.set()
+                loop_free.wait(IO_TIMEOUT)
+            return True
+
+    server = Server(LOCALHOST, TLSInfo, loop_factory=loop_name)
+    server.ssl_context = server_ctx
+    with serve_in_thread(server):
+        with connect(server.server_address):
+            assert holding.wait(IO_TIMEOUT)
+            for _ in range(3):
+                with connect(server.server_address) as client:
+                    if how == "hello then reset":
+                        client.sendall(client_hello(ca))
+                    if how != "close":
+                        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                          struct.pack("ii", 1, 0))
+        loop_free.set()  # the holder has gone too: four handshakes fail
+        wait_for(lambda: server.statistics().tls_failed == 4, what="four failures counted")
+        assert server.statistics().connections == 0
+        assert tls_exchange(server.server_address, client_ctx(ca))[0] == b"hello\n"
+    assert server.errors == []
+
+
+def test_a_tls_client_rejected_before_its_handshake_gets_no_plaintext_busy_reply(
+        loop_name: LoopName, ca: trustme.CA, server_ctx: ssl.SSLContext) -> None:
+    # It would read it as a broken TLS record; it is closed without it, as in the
+    # sync servers.
+    server = make(loop_name, TLSInfo, max_connections=1, busy_reply=b"busy\n")
+    server.ssl_context = server_ctx
+    with serve_in_thread(server):
+        with connect(server.server_address) as first:
+            first_tls = client_ctx(ca).wrap_socket(first, server_hostname="localhost")
+            wait_for(lambda: server.statistics().connections == 1, what="the first admitted")
+            with connect(server.server_address) as second:
+                assert recv_all(second) == b""
+            first_tls.close()
+        assert server.statistics().rejected == 1
 
 
 def test_tls_certificates_reload_for_new_connections(
