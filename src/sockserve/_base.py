@@ -274,6 +274,10 @@ class BaseServer:
         connections, use ``drain()``.)
         """
         self._sockserve_request_stop()
+        self.__wait_for_the_loop()
+
+    def __wait_for_the_loop(self) -> None:
+        """Wait until the loop asked to stop has stopped, where that can be waited for."""
         owner = self.__loop_owner
         if owner is not None and owner[0] != os.getpid():
             return  # a forked child: the loop is the parent's, and it has been told
@@ -292,11 +296,12 @@ class BaseServer:
     def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
         """Stop accepting, let open connections finish, cut what is left at *timeout*.
 
-        In order: ``draining`` is set (handlers may poll it), the loop stops accepting
-        (with *backlog*, it first accepts and dispatches what waits in the kernel's
-        backlog), then connections already accepted are served until they close or
-        *timeout* seconds pass, and the rest are shut down, so handlers blocked on
-        them see end-of-file and end.  Call it from outside the handlers.
+        In order: the loop is told to stop accepting and ``draining`` is set (handlers
+        may poll it); with *backlog*, the loop first accepts and dispatches what waits
+        in the kernel's backlog; connections already accepted are served until they
+        close or *timeout* seconds pass, and the rest are shut down (a serial server's
+        too, whose loop is busy in that handler), so handlers blocked on them see
+        end-of-file and end.  Call it from outside the handlers.
 
         Returns:
             How many connections were open, finished and cut.
@@ -304,9 +309,26 @@ class BaseServer:
         counts_before = self._sockserve_connections.counts()
         logger.info("draining %s: %d connections open, deadline %s s", self.server_address,
                     len(self._sockserve_connections), timeout)
-        self._sockserve_begin_drain(timeout)
         self.__accept_backlog_on_stop = backlog
-        self.shutdown()
+        self._sockserve_set_drain_deadline(timeout)  # before the loop can stop
+        # Before draining is set: a handler that sees it and returns must find the loop
+        # stopping, not free to accept one more.
+        self._sockserve_request_stop()
+        self._sockserve_begin_drain(timeout)
+        # A serial server's loop is busy in its handler until that connection ends, so
+        # the deadline must reach the connections while this waits for the loop.
+        cut_at_deadline = None
+        until = self._sockserve_drain_until
+        if until is not None and until != math.inf:
+            cut_at_deadline = threading.Timer(max(0.0, until - time.monotonic()),
+                                              self._sockserve_connections.cut_all)
+            cut_at_deadline.daemon = True
+            cut_at_deadline.start()
+        try:
+            self.__wait_for_the_loop()
+        finally:
+            if cut_at_deadline is not None:
+                cut_at_deadline.cancel()
         return self._sockserve_finish_connections(timeout, counts_before)
 
     def _sockserve_begin_drain(self, timeout: float | None) -> None:
@@ -314,6 +336,10 @@ class BaseServer:
         before the loop stops: a mix-in that still serves connections after the loop
         (_evented.py) cuts them then."""
         self.draining.set()
+        self._sockserve_set_drain_deadline(timeout)
+
+    def _sockserve_set_drain_deadline(self, timeout: float | None) -> None:
+        """The drain's deadline, *timeout* from now, unless a drain already set one."""
         if self._sockserve_drain_until is None:
             self._sockserve_drain_until = (math.inf if timeout is None
                                            else time.monotonic() + timeout)

@@ -72,6 +72,25 @@ def test_stuck_handlers_are_cut_at_the_deadline() -> None:
     assert report == DrainReport(open=1, finished=0, cut=1)
 
 
+def test_a_serial_server_busy_in_a_stuck_handler_is_cut_at_the_deadline() -> None:
+    # Its loop is the handler: it cannot stop before the connection ends, so the
+    # deadline must reach the connection while the drain waits for the loop.
+    server = sockserve.TCPServer(("127.0.0.1", 0), TwoLines)
+    loop = serve(server)
+    try:
+        with connect(server.server_address) as client:
+            client.sendall(b"one\n")
+            assert client.makefile("rb").readline() == b"started\n"
+            drainer, reports = drain_in_thread(server, 0.2)
+            assert recv_all(client) == b""  # cut: the handler saw EOF and ended
+            drainer.join(IO_TIMEOUT)
+            loop.join(IO_TIMEOUT)
+            assert not loop.is_alive()
+    finally:
+        server.server_close()
+    assert reports == [DrainReport(open=1, finished=0, cut=1)]
+
+
 def test_server_close_with_drain_timeout_does_not_hang_on_idle_clients() -> None:
     class Echo(sockserve.StreamRequestHandler):
         def handle(self) -> None:
