@@ -57,6 +57,17 @@ def client_ctx(ca: Any, *, alpn: list[str] | None = None) -> ssl.SSLContext:
     return ctx
 
 
+def client_hello(ca: Any) -> bytes:
+    """The first bytes a TLS client sends (its ClientHello), for a test to send raw."""
+    hello = ssl.MemoryBIO()
+    conn = client_ctx(ca).wrap_bio(ssl.MemoryBIO(), hello, server_hostname="localhost")
+    try:
+        conn.do_handshake()
+    except ssl.SSLWantReadError:
+        return hello.read()
+    raise AssertionError("a handshake completed with no server")
+
+
 def listening_sockets(port: int, kind: str = "tcp") -> int:
     """How many sockets of this network namespace listen on *port* (/proc/net: TCP in
     state LISTEN, UDP bound)."""

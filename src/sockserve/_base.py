@@ -441,6 +441,10 @@ class BaseServer:
         """Accepted requests not yet handed to process_request() (TLS handshakes)."""
         return len(self.__handshakes) if self.__handshakes is not None else 0
 
+    def _sockserve_preparing_spoken(self) -> int:
+        """Those of them whose client has sent something: requests on their way."""
+        return self.__handshakes.spoken() if self.__handshakes is not None else 0
+
     def statistics(self) -> ServerStatistics:
         """A snapshot of this process's counters (see stats.py)."""
         c = self._sockserve_counters

@@ -80,10 +80,11 @@ class ThreadPoolMixIn(_ConcurrencyMixIn):
             self.reject_request(request, client_address, "thread pool full")
 
     def _sockserve_has_capacity(self) -> bool:
-        # Requests still in their TLS handshake will need a slot too: keep it for them.
+        # Requests still in their TLS handshake will need a slot too: keep it for them,
+        # once their client has spoken (an idle connection must not hold everyone up).
         return super()._sockserve_has_capacity() and (
             self.overload != "pause"
-            or self.pool.has_capacity(reserve=self._sockserve_preparing()))
+            or self.pool.has_capacity(reserve=self._sockserve_preparing_spoken()))
 
     def scale(self, delta: int) -> None:
         """One more or fewer worker thread (never fewer than one)."""

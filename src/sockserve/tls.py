@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import selectors
+import socket
 import ssl
 import time
 from collections.abc import Callable, Iterable
@@ -83,9 +84,14 @@ def wrap_accepted(context: ssl.SSLContext, sock: Any) -> ssl.SSLSocket:
 
 
 class Handshake:
-    """One server-side handshake on an accepted socket, advanced without blocking."""
+    """One server-side handshake on an accepted socket, advanced without blocking.
 
-    __slots__ = ("tls", "client_address", "deadline", "waiting_for")
+    ``spoken`` says whether the client has sent anything yet (or closed): until then it
+    may be an idle connection (a port scan, a pre-opened pool connection), not a
+    client about to need a worker.
+    """
+
+    __slots__ = ("tls", "client_address", "deadline", "waiting_for", "spoken")
 
     def __init__(self, context: ssl.SSLContext, sock: Any, client_address: Any,
                  timeout: float) -> None:
@@ -94,6 +100,7 @@ class Handshake:
         self.client_address = client_address
         self.deadline = time.monotonic() + timeout
         self.waiting_for = selectors.EVENT_READ
+        self.spoken = False
 
     def fileno(self) -> int:
         return self.tls.fileno()
@@ -104,6 +111,14 @@ class Handshake:
         Raises:
             ssl.SSLError, OSError: the handshake failed.
         """
+        if not self.spoken:
+            try:  # the raw socket's: an SSLSocket takes no flags
+                socket.socket.recv(self.tls, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+                self.spoken = True  # data, or end-of-file
+            except BlockingIOError:
+                pass
+            except OSError:
+                self.spoken = True  # reset: do_handshake() says so next
         try:
             self.tls.do_handshake()
         except ssl.SSLWantReadError:
@@ -133,9 +148,14 @@ class HandshakeDriver:
         self._done = done
         self._failed = failed
         self._pending: set[Handshake] = set()
+        self._spoken = 0  # of them, those that have heard from their client
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def spoken(self) -> int:
+        """How many of the handshakes in progress have heard from their client."""
+        return self._spoken
 
     def start(self, context: ssl.SSLContext, sock: Any, client_address: Any,
               timeout: float) -> Handshake:
@@ -152,14 +172,17 @@ class HandshakeDriver:
 
     def advance(self, handshake: Handshake) -> None:
         """Called when the selector reports the handshake's socket ready."""
+        spoken = handshake.spoken
         try:
             complete = handshake.advance()
         except (ssl.SSLError, OSError) as exc:
+            self._spoken += handshake.spoken - spoken
             self._drop(handshake, f"handshake failed: {exc}")
             return
+        self._spoken += handshake.spoken - spoken
         if complete:
             self._selector.unregister(handshake)
-            self._pending.discard(handshake)
+            self._forget(handshake)
             self._done(handshake.tls, handshake.client_address)
         else:
             self._selector.modify(handshake, handshake.waiting_for, handshake)
@@ -217,8 +240,13 @@ class HandshakeDriver:
         for handshake in list(self._pending):
             self._drop(handshake, "server stopping")
 
+    def _forget(self, handshake: Handshake) -> None:
+        if handshake in self._pending:
+            self._pending.discard(handshake)
+            self._spoken -= handshake.spoken
+
     def _drop(self, handshake: Handshake, reason: str, *, timed_out: bool = False) -> None:
-        self._pending.discard(handshake)
+        self._forget(handshake)
         try:
             try:
                 self._selector.unregister(handshake)

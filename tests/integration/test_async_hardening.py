@@ -27,7 +27,7 @@ from sockserve.address import bind_sockets
 from sockserve.errors import LineTooLong
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, client_hello, connect, recv_all, wait_for
 from tests.integration.test_async import LOOPS, LoopName, run
 
 LOCALHOST = ("127.0.0.1", 0)
@@ -328,15 +328,6 @@ def test_tls_failures_are_counted_and_serving_goes_on(
         assert tls_exchange(server.server_address, client_ctx(ca))[0] == b"hello\n"
     assert server.statistics().tls_timed_out == 0
     assert any("handshake failed" in r.getMessage() for r in caplog.records)
-
-
-def client_hello(ca: trustme.CA) -> bytes:
-    """The first bytes a TLS client sends (its ClientHello)."""
-    hello = ssl.MemoryBIO()
-    conn = client_ctx(ca).wrap_bio(ssl.MemoryBIO(), hello, server_hostname="localhost")
-    with pytest.raises(ssl.SSLWantReadError):
-        conn.do_handshake()
-    return hello.read()
 
 
 @pytest.mark.parametrize("how", ["close", "reset", "hello then reset"])

@@ -15,7 +15,7 @@ from sockserve.address import bind_sockets
 from sockserve.concurrency.pool import PoolStatistics
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, client_ctx, connect, recv_all, wait_for
+from tests.helpers import IO_TIMEOUT, client_ctx, client_hello, connect, recv_all, wait_for
 
 
 class Gate:
@@ -385,9 +385,10 @@ def test_tls_busy_reply_is_sent_over_tls(ca: Any, server_ctx: ssl.SSLContext,
 
 def test_a_pool_slot_freed_while_a_handshake_waits_resumes_accepting(
         ca: Any, server_ctx: ssl.SSLContext) -> None:
-    # max_workers 2: one busy handler and one client in its TLS handshake fill the
-    # pool's room, so the loop pauses.  When the handler ends, the loop must be woken
-    # at once (not after poll_interval, here never, nor after the handshake timeout).
+    # max_workers 2: one busy handler and one client in its TLS handshake (it has sent
+    # part of its ClientHello) fill the pool's room, so the loop pauses.  When the
+    # handler ends, the loop must be woken at once (not after poll_interval, here
+    # never, nor after the handshake timeout).
     gate = Gate()
     server = pool_server(gated_echo(gate), max_workers=2, max_queue=0,
                          ssl_context=server_ctx, handshake_timeout=60.0)
@@ -395,7 +396,8 @@ def test_a_pool_slot_freed_while_a_handshake_waits_resumes_accepting(
     with serve_in_thread(server, poll_interval=None):
         with client_context.wrap_socket(connect(server.server_address),
                                         server_hostname="127.0.0.1") as busy, \
-                connect(server.server_address) as silent:
+                connect(server.server_address) as slow:
+            slow.sendall(client_hello(ca)[:10])
             busy.sendall(b"busy\n")
             gate.wait_entered(1)
             wait_for(lambda: server.statistics().tls_in_progress == 1, what="the handshake")
@@ -405,7 +407,6 @@ def test_a_pool_slot_freed_while_a_handshake_waits_resumes_accepting(
                                             server_hostname="127.0.0.1") as third:
                 third.sendall(b"third\n")
                 assert third.recv(100) == b"third\n"
-            silent.close()
 
 
 def test_server_close_answers_queued_datagrams_before_closing_the_socket() -> None:

@@ -79,6 +79,23 @@ def test_a_silent_client_delays_nobody(ca: trustme.CA, server_ctx: ssl.SSLContex
             assert server.statistics().tls_in_progress == 1
 
 
+def test_silent_clients_take_no_pool_room(ca: trustme.CA, server_ctx: ssl.SSLContext) -> None:
+    # A pool with overload "pause" keeps room for the handshakes under way, so that a
+    # completed one never waits for a worker; but not for a client that has sent
+    # nothing, or a few idle connections would hold every TLS client up until their
+    # handshake timeout.
+    server = tls_server(sockserve.ThreadPoolTCPServer, server_ctx, max_workers=1,
+                        max_queue=1, handshake_timeout=60.0)
+    with serve_in_thread(server):
+        silent = [connect(server.server_address) for _ in range(4)]
+        try:
+            wait_for(lambda: server.statistics().tls_in_progress == 4, what="four handshakes")
+            assert tls_exchange(server.server_address, client_ctx(ca))[0] == b"hello\n"
+        finally:
+            for client in silent:
+                client.close()
+
+
 def test_handshake_timeout_closes_and_counts(server_ctx: ssl.SSLContext) -> None:
     server = tls_server(sockserve.TCPServer, server_ctx, handshake_timeout=0.1)
     with serve_in_thread(server):
