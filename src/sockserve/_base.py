@@ -42,6 +42,7 @@ ACCEPT_CAPACITY_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, e
 ACCEPT_BACKOFF_FIRST = 0.1
 ACCEPT_BACKOFF_MAX = 1.0
 
+
 class RequestDropped(OSError):
     """From ``get_request()``: what came in was dropped (and already counted and
     logged, as an oversized datagram is), so there is no request to serve."""
