@@ -571,6 +571,11 @@ class BaseServer:
         if refused_by is not None:
             self.reject_request(request, client_address, f"{refused_by} reached")
             return False
+        until = self._sockserve_drain_until
+        if until is not None and time.monotonic() >= until:
+            # Taken from the backlog after a drain's deadline (a serial loop gets there
+            # only once its handler was cut): cut too, so it cannot hold the drain.
+            self._sockserve_connections.cut_all()
         return True
 
     def reject_request(self, request: Any, client_address: Any,

@@ -91,6 +91,28 @@ def test_a_serial_server_busy_in_a_stuck_handler_is_cut_at_the_deadline() -> Non
     assert reports == [DrainReport(open=1, finished=0, cut=1)]
 
 
+def test_a_serial_server_cuts_what_it_takes_from_the_backlog_after_the_deadline() -> None:
+    # Its loop takes the backlog only once the handler it is busy in has been cut:
+    # past the deadline, so what it takes then is cut at once, or a silent client
+    # there would hold the drain for ever.
+    server = sockserve.TCPServer(("127.0.0.1", 0), TwoLines)
+    loop = serve(server)
+    try:
+        with connect(server.server_address) as busy, \
+                connect(server.server_address) as waiting:  # in the backlog, silent
+            busy.sendall(b"one\n")
+            assert busy.makefile("rb").readline() == b"started\n"
+            drainer, reports = drain_in_thread(server, 0.2, backlog=True)
+            assert recv_all(busy) == b""
+            assert recv_all(waiting) == b""
+            drainer.join(IO_TIMEOUT)
+            loop.join(IO_TIMEOUT)
+            assert not loop.is_alive()
+    finally:
+        server.server_close()
+    assert reports == [DrainReport(open=2, finished=0, cut=2)]
+
+
 def test_server_close_with_drain_timeout_does_not_hang_on_idle_clients() -> None:
     class Echo(sockserve.StreamRequestHandler):
         def handle(self) -> None:
