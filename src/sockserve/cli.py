@@ -81,8 +81,9 @@ def _add_server_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--workers", type=_positive,
                        help=f"processes for prefork (default: {DEFAULT_WORKERS})")
     group.add_argument("--reuse-port", action="store_true",
-                       help="prefork: each worker also listens on a SO_REUSEPORT socket of "
-                            "its own (the kernel balances connections)")
+                       help="SO_REUSEPORT: other processes may listen on the same port; "
+                            "with prefork, each worker also listens on a socket of its "
+                            "own (the kernel balances connections)")
     group.add_argument("--cpu-affinity", action="store_true",
                        help="prefork: pin each worker to one CPU, spread over the CPUs")
     group.add_argument("--threads", type=_positive,
@@ -201,7 +202,6 @@ def server_class_for(sock: socket.socket, model: str, handlers: str = "blocking"
 def _check_model_options(args: argparse.Namespace) -> None:
     """Refuse an option the chosen model would ignore."""
     given = [("--workers", args.workers is not None, ("prefork",)),
-             ("--reuse-port", args.reuse_port, ("prefork",)),
              ("--cpu-affinity", args.cpu_affinity, ("prefork",)),
              ("--threads", args.threads is not None, ("pool", "prefork"))]
     for option, present, models in given:

@@ -161,7 +161,6 @@ def test_green_model_refuses_datagrams(capsys: pytest.CaptureFixture[str]) -> No
     (["echo", "--port", "0", "--tls-key", "key.pem"], "--tls-key and --tls-client-ca need --tls-cert"),
     (["echo", "--port", "0", "--model", "threads", "--workers", "4"],
      "--workers applies to --model prefork, not threads"),
-    (["echo", "--port", "0", "--reuse-port"], "--reuse-port applies to --model prefork, not pool"),
     (["serve", "tests.integration.apps:AsyncUpper", "--model", "async", "--cpu-affinity"],
      "--cpu-affinity applies to --model prefork, not async"),
     (["echo", "--port", "0", "--model", "green", "--threads", "4"],
@@ -183,6 +182,23 @@ def test_tls_over_datagrams_is_refused_before_serving(
     assert main(["echo", "--udp", "--port", "0", "--host", "127.0.0.1",
                  "--tls-cert", str(cert), "--tls-key", str(key)]) == 1
     assert "TLS needs stream sockets" in capsys.readouterr().err
+
+
+def test_reuse_port_lets_two_processes_serve_one_port() -> None:
+    command = [sys.executable, "-m", "sockserve", "echo", "--host", "127.0.0.1",
+               "--reuse-port"]
+    with process(*command, "--port", "0") as first:
+        assert first.stdout is not None
+        port = re.search(r"127\.0\.0\.1:(\d+)", first.stdout.readline())
+        assert port, "no banner"
+        with process(*command, "--port", port.group(1)) as second:
+            assert second.stdout is not None
+            assert f"127.0.0.1:{port.group(1)}" in second.stdout.readline()
+            assert main(["send", f"127.0.0.1:{port.group(1)}", "hi", "--timeout", "5"]) == 0
+            second.send_signal(signal.SIGTERM)
+            assert second.wait(10) == 0
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(10) == 0
 
 
 @pytest.mark.parametrize("option", ["--threads", "--workers"])
