@@ -22,7 +22,8 @@ class ProductionDefaults:
     # Backlog: room for bursts while the loop is busy (Linux caps it at somaxconn, 4096).
     request_queue_size = 1024
     # Restart without waiting out TIME_WAIT.  Not on datagram sockets (set back to
-    # False below), where it would let another socket bind the port (bpo-37228).
+    # False below, DATAGRAM_EXCEPTIONS), where another socket could bind the port too
+    # (CPython bpo-37228).
     allow_reuse_address = True
     # Enough for thousands of clients, low enough that a flood meets a limit before the
     # process runs out of descriptors (the default soft RLIMIT_NOFILE is often 1024+).
@@ -40,16 +41,25 @@ class ProductionDefaults:
     max_packet_size = 65535  # a UDP datagram's maximum payload (the stdlib reads 8192)
     drop_oversized_packets = True  # never hand a handler a silently truncated datagram
     daemon_threads = True  # never keep the process alive for a stuck handler
-    unmap_ipv4_clients = True  # dual-stack sockets show IPv4 clients as ('a.b.c.d', port)
+    # Dual-stack sockets show IPv4 clients as ('a.b.c.d', port).  Not for datagrams
+    # (DATAGRAM_EXCEPTIONS): a handler replying through self.server.socket, as stdlib
+    # code may, could not send to that address from an IPv6 socket.
+    unmap_ipv4_clients = True
     # Pre-forked workers drain for drain_timeout themselves; the supervisor waits a
     # little longer before SIGKILL, so a worker is only killed when it is stuck.
     graceful_timeout = 35.0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if getattr(cls, "socket_type", None) == socket.SOCK_DGRAM and \
-                _first_to_define(cls, "allow_reuse_address") is ProductionDefaults:
-            cls.allow_reuse_address = False
+        if getattr(cls, "socket_type", None) != socket.SOCK_DGRAM:
+            return
+        for name in DATAGRAM_EXCEPTIONS:  # unless the class itself asks for them
+            if _first_to_define(cls, name) is ProductionDefaults:
+                setattr(cls, name, False)
+
+
+# Production values that stay off on datagram servers (the reasons are above).
+DATAGRAM_EXCEPTIONS = ("allow_reuse_address", "unmap_ipv4_clients")
 
 
 def _first_to_define(cls: type, name: str) -> type | None:

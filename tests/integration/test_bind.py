@@ -206,6 +206,23 @@ def test_udp_dual_stack_receives_ipv4() -> None:
                 ("127.0.0.1", client.getsockname()[1])
 
 
+@needs_dual_stack
+def test_a_production_udp_handler_replies_through_the_servers_socket_to_ipv4() -> None:
+    # As stdlib handlers may: self.server.socket.sendto(data, self.client_address).
+    # An unmapped ('127.0.0.1', port) could not be sent to from the IPv6 socket.
+    from sockserve.defaults import production
+
+    class Reply(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            self.server.socket.sendto(self.packet.upper(), self.client_address)
+
+    server = production(sockserve.UDPServer).from_sockets(bind_sockets("udp://*:0"), Reply)
+    with serve_in_thread(server), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.settimeout(IO_TIMEOUT)
+        client.sendto(b"ping", ("127.0.0.1", server.server_address[1]))
+        assert client.recv(100) == b"PING"
+
+
 # -- Unix --------------------------------------------------------------------------------
 
 def test_unix_file_socket(unix_path: str) -> None:

@@ -54,16 +54,22 @@ def test_each_default_is_the_documented_one(option: str, kind: str | None, stdli
     assert getattr(production(server_class), option) == ours
 
 
-def test_production_leaves_so_reuseaddr_off_for_datagram_servers() -> None:
-    # On UDP it would let another socket bind the same port (CPython bpo-37228).
-    assert production(sockserve.UDPServer).allow_reuse_address is False
-    assert production(sockserve.ThreadingUDPServer).allow_reuse_address is False
+@pytest.mark.parametrize("option", ["allow_reuse_address", "unmap_ipv4_clients"])
+def test_production_leaves_some_options_off_for_datagram_servers(option: str) -> None:
+    # SO_REUSEADDR would let another UDP socket bind the same port (CPython bpo-37228);
+    # an unmapped client address could not be replied to through server.socket.
+    assert getattr(production(sockserve.UDPServer), option) is False
+    assert getattr(production(sockserve.ThreadingUDPServer), option) is False
+    assert getattr(production(sockserve.ThreadingTCPServer), option) is True
 
     class Mine(ProductionDefaults, sockserve.UDPServer):
         pass
 
-    assert Mine.allow_reuse_address is False
-    assert production(sockserve.UDPServer, allow_reuse_address=True).allow_reuse_address
+    assert getattr(Mine, option) is False
+    assert getattr(production(sockserve.UDPServer, **{option: True}), option) is True
+
+
+def test_production_udp_servers_keep_their_port_to_themselves() -> None:
     with production(sockserve.UDPServer)(("127.0.0.1", 0), sockserve.BaseRequestHandler) as server:
         assert not server.socket.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
