@@ -54,6 +54,45 @@ def _not_for_workers(signum: int, frame: object) -> None:
     """A worker's handler for SUPERVISOR_SIGNALS: nothing to do."""
 
 
+# In a worker: the signal handlers it replaced.  A process its handlers fork gets them
+# back, and no wake-up socket: its signals are its own, not stop requests for the
+# worker (as the runner does for the processes forked under it).  They stay blocked
+# across the fork, so one sent at once waits for the child's own handlers.
+_worker_signals: dict[int, Any] | None = None
+_forking = threading.local()  # the forking thread's signal mask before the fork
+
+
+def _before_fork() -> None:
+    if _worker_signals is not None:
+        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(_worker_signals))
+
+
+def _after_fork_in_parent() -> None:
+    mask = getattr(_forking, "mask", None)
+    if mask is not None:
+        _forking.mask = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+def _after_fork_in_child() -> None:
+    global _worker_signals
+    if _worker_signals is None:
+        return
+    previous, _worker_signals = _worker_signals, None
+    try:
+        signal.set_wakeup_fd(-1)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    except ValueError:  # not this interpreter's main thread: nothing it can change
+        pass
+    _after_fork_in_parent()  # the mask as it was (in the forking thread's copy)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                        after_in_child=_after_fork_in_child)
+
+
 # Every server PreForkMixIn goes with is a TCPServer (UDP and Unix ones subclass it).
 if TYPE_CHECKING:
     _SocketServer = TCPServer
@@ -280,6 +319,9 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             self._supervisor = None
             # SIGTERM from the supervisor: stop accepting, finish in-flight requests.
             # The handler only sets a flag and wakes the loop (it runs on this thread).
+            global _worker_signals
+            _worker_signals = {signum: signal.getsignal(signum) for signum in
+                               (signal.SIGTERM, signal.SIGINT, *SUPERVISOR_SIGNALS)}
             signal.signal(signal.SIGTERM, self._on_sigterm)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's
             for signum in SUPERVISOR_SIGNALS:  # so are these (the runner's): not acted on

@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -548,6 +549,28 @@ def test_a_drain_reaches_a_worker_whose_handler_is_in_a_call_that_holds_off_sign
             if drainer.ident is not None:
                 drainer.join(IO_TIMEOUT)
     assert reports == [DrainReport(open=1, finished=0, cut=1)]
+
+
+def test_a_process_a_workers_handler_forks_has_its_own_signals() -> None:
+    # Not the worker's: its SIGTERM ends it, and is no stop request for the worker.
+    class ForkAndTerminate(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.rfile.readline()
+            child = os.fork()
+            if child == 0:
+                time.sleep(IO_TIMEOUT)  # SIGTERM's default action ends it before
+                os._exit(7)
+            os.kill(child, signal.SIGTERM)
+            _, status = os.waitpid(child, 0)
+            self.wfile.write(b"%d %d\n" % (os.getpid(), os.WTERMSIG(status)
+                                           if os.WIFSIGNALED(status) else 0))
+
+    with serve_in_thread(prefork(ForkAndTerminate, workers=1)) as server:
+        first_worker, killed_by = ask(server.server_address).split()
+        assert int(killed_by) == signal.SIGTERM
+        second_worker, _ = ask(server.server_address).split()
+    assert second_worker == first_worker  # the worker was not stopped
+    assert workers(server).spawned == 1
 
 
 class HoldAndTell(sockserve.StreamRequestHandler):
