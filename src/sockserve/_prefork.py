@@ -376,18 +376,15 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         self.extra_sockets = [*self.extra_sockets, *own]
 
     def _request_stop(self) -> None:
-        """Stop accepting now, and have the stop thread do the rest: from SIGTERM's
-        handler, the loop's wake-up, or a worker that served its last request.
+        """Have the stop thread stop the worker: from SIGTERM's handler, or a worker
+        that served its last request.
 
-        Only a flag and two wake-ups, as a signal handler should: it runs between any
-        two bytecodes of the main thread, which may be serving a request (a serial
-        worker) or hold a lock the rest would need.  An event-loop worker's stop goes
-        through its loop."""
+        Only a wake-up, as a signal handler should: it runs between any two bytecodes
+        of the main thread, which may be serving a request (a serial worker) or hold a
+        lock the rest would need.  An event-loop worker's stop goes through its loop."""
         if self._aio_worker is not None:
             self._aio_worker.stop()
-            return
-        self._sockserve_request_stop()
-        if self._stop_requests is not None:
+        elif self._stop_requests is not None:
             self._stop_requests.wake(STOP_REQUESTED)
 
     def _start_stop_thread(self) -> None:
@@ -437,12 +434,15 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         ``drain_timeout``), cut what is still open at the deadline — from a thread of
         its own, as the stop thread must still hear a drain that comes later.
         Idempotent."""
-        self._sockserve_request_stop()
         draining, timeout = self._drain_requested()
         if draining and self._drain_counts_from is None:
             self._report_drain(timeout)
         if not draining:
             timeout = self.drain_timeout
+        if draining or timeout is not None:
+            # Before the loop can stop: an evented one then lingers to this deadline.
+            self._sockserve_set_drain_deadline(timeout)
+        self._sockserve_request_stop()
         if (draining or timeout is not None) and self._drain_thread is None:
             self._sockserve_begin_drain(timeout)
             self._drain_thread = threading.Thread(
@@ -517,6 +517,10 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         logger.info("worker %d served max_requests: recycling", os.getpid())
         if self._supervisor_waker is not None:  # lost, it is replaced when it exits
             self._supervisor_waker.wake(b"R%d;" % os.getpid())
+        if self._aio_worker is None:  # on the loop's thread: it accepts no more
+            if self.drain_timeout is not None:
+                self._sockserve_set_drain_deadline(self.drain_timeout)
+            self._sockserve_request_stop()
         self._request_stop()
 
     def drain(self, timeout: float | None, *, backlog: bool = False) -> DrainReport:
