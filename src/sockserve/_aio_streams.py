@@ -161,6 +161,8 @@ class ConnectionReader(Resumable, asyncio.Protocol):
         """The TLS handshake is done: the connection goes through *transport* now."""
         self._transport = transport
         self.writer = ConnectionWriter(transport, self)
+        if self._lost:  # lost between the handshake's end and here
+            self.writer.connection_lost()
         self._tls = True
         # Reading stayed "paused" during the handshake, so that data arriving with its
         # end never paused the raw transport (_aio_tls).
