@@ -43,11 +43,12 @@ if hasattr(_socket, "AF_UNIX"):
 
     from ._workers import ThreadPoolUnixDatagramServer, ThreadPoolUnixStreamServer
     from ._green import GreenUnixStreamServer
+    from ._evented import EventedUnixStreamServer
 
     __all__ += ["UnixStreamServer", "UnixDatagramServer",
                 "ThreadingUnixStreamServer", "ThreadingUnixDatagramServer",
                 "ThreadPoolUnixStreamServer", "ThreadPoolUnixDatagramServer",
-                "GreenUnixStreamServer"]
+                "GreenUnixStreamServer", "EventedUnixStreamServer"]
     if hasattr(_os, "fork"):
         from ._mixins import ForkingUnixDatagramServer, ForkingUnixStreamServer
         from ._prefork import PreForkUnixDatagramServer, PreForkUnixStreamServer

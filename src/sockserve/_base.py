@@ -507,10 +507,15 @@ class BaseServer:
 
     def _sockserve_check_settings(self) -> None:
         """Refuse settings that cannot work together (the async servers check too)."""
-        if self.ssl_context is not None and \
-                getattr(self, "socket_type", socket.SOCK_STREAM) != socket.SOCK_STREAM:
+        socket_type = getattr(self, "socket_type", socket.SOCK_STREAM)
+        if self.ssl_context is not None and socket_type != socket.SOCK_STREAM:
             raise TypeError(f"{type(self).__name__}: TLS (ssl_context) needs a stream "
                             "server; DTLS is not supported")
+        size = getattr(self, "max_packet_size", 0)
+        if socket_type == socket.SOCK_DGRAM and \
+                (not isinstance(size, int) or isinstance(size, bool) or size < 0):
+            raise ValueError(f"{type(self).__name__}: max_packet_size must be a number of "
+                             f"bytes (an int, 0 or more), not {size!r}")
 
     def _handle_request_noblock(self) -> None:
         """Accept one request and run it through verify_request → process_request.
@@ -587,7 +592,7 @@ class BaseServer:
             try:
                 # Never block the loop on a client that does not read.
                 if isinstance(request, tuple):  # a datagram: (data, socket)
-                    request[1].sendto(self.busy_reply, client_address)
+                    request[1].sendto(self.busy_reply, socket.MSG_DONTWAIT, client_address)
                 elif isinstance(request, ssl.SSLSocket):  # after its handshake
                     request.setblocking(False)  # TLS takes no MSG_DONTWAIT
                     request.send(self.busy_reply)

@@ -232,6 +232,18 @@ def test_oversized_datagrams_are_dropped_logged_and_counted(
     assert drops[0].endswith(" longer than max_packet_size (100 bytes): dropped"), drops
 
 
+@pytest.mark.parametrize("size", [-1, 1.5])
+def test_a_max_packet_size_that_is_no_size_is_refused_before_serving(size: Any) -> None:
+    from sockserve import aio
+
+    for server_class in (sockserve.UDPServer, aio.AsyncUDPServer):
+        with make(sockserve.DatagramRequestHandler if server_class is sockserve.UDPServer
+                  else aio.AsyncDatagramRequestHandler, server_class,
+                  max_packet_size=size) as server:
+            with pytest.raises(ValueError, match="max_packet_size"):
+                server.serve_forever()
+
+
 # -- the guarded rfile/wfile (any limit set) behave as socket.makefile()'s ------------
 
 def limited(handler: type, **settings: Any) -> Any:

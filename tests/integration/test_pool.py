@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import threading
@@ -15,7 +16,8 @@ from sockserve.address import bind_sockets
 from sockserve.concurrency.pool import PoolStatistics
 from sockserve.stats import DrainReport
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, client_ctx, client_hello, connect, recv_all, wait_for
+from tests.helpers import (IO_TIMEOUT, client_ctx, client_hello, connect, fill_datagram_queue,
+                           recv_all, wait_for)
 
 
 class Gate:
@@ -178,6 +180,40 @@ def test_reject_policy_for_datagrams() -> None:
             release.set()
             assert client.recv(100) == b"hold"
     assert server.statistics().rejected == 1
+
+
+def test_a_busy_reply_to_a_datagram_client_that_does_not_read_never_blocks_the_loop(
+        unix_path: str) -> None:
+    # Its receive queue is full: the busy reply is dropped, and the loop serves on.
+    release = threading.Event()
+
+    class Hold(sockserve.DatagramRequestHandler):
+        def handle(self) -> None:
+            if self.packet == b"hold":
+                assert release.wait(IO_TIMEOUT)
+            self.wfile.write(self.packet)
+
+    server = pool_server(Hold, server_class=sockserve.ThreadPoolUnixDatagramServer,
+                         address=unix_path, max_workers=1, max_queue=0, overload="reject",
+                         busy_reply=b"busy")
+    with serve_in_thread(server), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sleeper, \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as asker:
+        sleeper.bind(unix_path + ".s")
+        asker.bind(unix_path + ".a")
+        asker.settimeout(IO_TIMEOUT)
+        asker.sendto(b"hold", unix_path)  # takes the only worker
+        wait_for(lambda: pool_stats(server).busy == 1, what="the worker held")
+        fill_datagram_queue(unix_path + ".s")
+        for _ in range(3):
+            sleeper.sendto(b"more", unix_path)  # rejected; no room for the busy reply
+        wait_for(lambda: server.statistics().rejected == 3, what="three rejected")
+        asker.sendto(b"next", unix_path)
+        assert asker.recv(100) == b"busy"  # the loop still serves
+        release.set()
+        assert asker.recv(100) == b"hold"
+    for name in (".s", ".a"):
+        os.unlink(unix_path + name)
 
 
 def test_resize_while_serving() -> None:

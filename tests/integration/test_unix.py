@@ -104,3 +104,12 @@ def test_the_echo_demo_serves_unix_clients(unix_path: str) -> None:
             client.sendall(b"hi\n")
             client.shutdown(socket.SHUT_WR)
             assert recv_all(client) == b"HI\n"
+
+
+def test_every_tcp_server_class_has_its_unix_stream_twin() -> None:
+    tcp = [name for name in sockserve.__all__ if name.endswith("TCPServer")]
+    assert len(tcp) >= 7
+    for name in tcp:
+        twin = name.replace("TCPServer", "UnixStreamServer")
+        assert twin in sockserve.__all__, twin
+        assert issubclass(getattr(sockserve, twin), sockserve.UnixStreamServer)
