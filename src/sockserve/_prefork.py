@@ -266,6 +266,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             while not self._sockserve_stop_requested():
                 supervisor.reap(selector)
                 supervisor.target = self.workers
+                supervisor.stop_grace = self._replaced_worker_grace()
                 if self._replace_requested:
                     self._replace_requested = False
                     supervisor.replace_all()
@@ -273,6 +274,9 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                 supervisor.shrink()
                 supervisor.fill()
                 timeout = supervisor.register(selector)
+                overdue = supervisor.kill_overdue()
+                if overdue is not None and (timeout is None or overdue < timeout):
+                    timeout = overdue
                 if poll_interval is not None and (timeout is None or poll_interval < timeout):
                     timeout = poll_interval
                 for key, _ in selector.select(timeout):
@@ -300,6 +304,14 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         if self._drain_for is None:
             return None
         return max(self.graceful_timeout, self._drain_for + margin)
+
+    def _replaced_worker_grace(self) -> float | None:
+        """How long a worker replaced, removed or recycled while serving may take to
+        stop: as long as at shutdown, and its own ``drain_timeout`` plus the margin."""
+        grace = self._stop_timeout()
+        if grace is not None and self.drain_timeout is not None:
+            grace = max(grace, self.drain_timeout + DRAIN_EXIT_MARGIN)
+        return grace
 
     def _choose_cpu(self, taken: list[int | None]) -> int | None:
         """In the supervisor, before a fork: the allowed CPU with the fewest workers."""

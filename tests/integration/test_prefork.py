@@ -573,6 +573,35 @@ def test_a_process_a_workers_handler_forks_has_its_own_signals() -> None:
     assert workers(server).spawned == 1
 
 
+def test_a_worker_stuck_in_a_handler_is_killed_when_a_reload_replaces_it() -> None:
+    # Its handler ignores the cut (it waits on nothing the socket can end): after
+    # graceful_timeout the worker is killed, so it cannot hold the rotation up for ever.
+    class Stuck(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            self.wfile.write(b"%d\n" % os.getpid())
+            threading.Event().wait()
+
+    server = prefork(Stuck, workers=1, graceful_timeout=0.5)
+    with serve_in_thread(server), connect(server.server_address) as client:
+        stuck = int(client.recv(100))
+        server.reload()
+        wait_for(lambda: stuck not in server.worker_pids(), what="the stuck worker gone")
+        assert workers(server).crashed == 1  # killed
+        with connect(server.server_address) as another:
+            answered_by_a_worker(server, another.recv(100))  # the replacement serves
+
+
+def test_a_worker_that_exits_unasked_counts_as_crashed() -> None:
+    class ExitQuietly(sockserve.StreamRequestHandler):
+        def handle(self) -> None:
+            os._exit(0)
+
+    with serve_in_thread(prefork(ExitQuietly, workers=1)) as server:
+        with connect(server.server_address) as client:
+            assert recv_all(client) == b""
+        wait_for(lambda: workers(server).crashed == 1, what="the exit counted as a crash")
+
+
 class HoldAndTell(sockserve.StreamRequestHandler):
     """Says "held", then "stopping" once its worker drains; reads until cut."""
 

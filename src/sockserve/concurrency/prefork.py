@@ -95,6 +95,7 @@ class _Worker:
     stopping: bool = False  # asked to stop by shrink(); no longer counts toward target
     serving: bool = False  # it said so (mark_serving())
     retired: bool = False  # stopping by itself after max_requests, already replaced
+    kill_at: float | None = None  # stopping: SIGKILL if still alive then
 
 
 class Supervisor:
@@ -121,6 +122,10 @@ class Supervisor:
         self._respawn_at = 0.0
         self._to_replace: set[int] = set()  # pids to replace one by one (reload)
         self._prctl = find_prctl()
+        # How long a worker asked to stop (replaced, surplus, retired) may take before
+        # it is killed; None: for ever.  The server keeps it up to date.
+        self.stop_grace: float | None = None
+        self._stopping_all = False  # stop(): every exit from now on was asked for
 
     # -- running ---------------------------------------------------------------------
 
@@ -217,16 +222,19 @@ class Supervisor:
     def _account(self, worker: _Worker, status: int | None) -> None:
         lived = time.monotonic() - worker.started
         code = None if status is None else os.waitstatus_to_exitcode(status)
-        if code == 0:
+        asked = worker.stopping or self._stopping_all
+        if code == 0 and asked:
             self._exited += 1
             logger.info("worker %d exited after %.1f s", worker.pid, lived)
         else:
+            # A clean exit nobody asked for (a handler's os._exit(0)) is no recycling.
             self._crashed += 1
             how = ("ended, reaped by someone else" if code is None
                    else f"killed by signal {-code}" if code < 0
-                   else f"exited with status {code}")
+                   else f"exited with status {code}" if code
+                   else "exited unasked")
             logger.warning("worker %d %s after %.1f s", worker.pid, how, lived)
-        if code != 0 and lived < QUICK_DEATH:
+        if (code != 0 or not asked) and lived < QUICK_DEATH:
             self._back_off()
         else:
             self._respawn_delay = 0.0
@@ -242,8 +250,7 @@ class Supervisor:
         serving = [w for w in self._workers.values() if not w.stopping]
         serving.sort(key=lambda worker: worker.started, reverse=True)
         for worker in serving[:max(0, len(serving) - self.target)]:
-            worker.stopping = True
-            self._signal(worker.pid, signal.SIGTERM)
+            self._ask_to_stop(worker)
 
     def mark_serving(self, pid: int) -> None:
         """Worker *pid* has begun to serve."""
@@ -263,6 +270,7 @@ class Supervisor:
         worker = self._workers.get(pid)
         if worker is not None:
             worker.stopping = worker.retired = True
+            worker.kill_at = self._kill_time()
             self._to_replace.discard(pid)
 
     def replace_all(self) -> None:
@@ -278,9 +286,32 @@ class Supervisor:
         if not self._to_replace or any(w.stopping and not w.retired
                                        for w in self._workers.values()):
             return
-        worker = self._workers[self._to_replace.pop()]
+        self._ask_to_stop(self._workers[self._to_replace.pop()])
+
+    def _ask_to_stop(self, worker: _Worker) -> None:
         worker.stopping = True
+        worker.kill_at = self._kill_time()
         self._signal(worker.pid, signal.SIGTERM)
+
+    def _kill_time(self) -> float | None:
+        return None if self.stop_grace is None else time.monotonic() + self.stop_grace
+
+    def kill_overdue(self) -> float | None:
+        """SIGKILL the workers asked to stop that outlived ``stop_grace`` (a handler
+        that nothing ends); returns seconds until the next such deadline."""
+        now = time.monotonic()
+        nearest: float | None = None
+        for worker in list(self._workers.values()):
+            if worker.kill_at is None:
+                continue
+            if worker.kill_at <= now:
+                worker.kill_at = None
+                logger.warning("worker %d did not stop within %.1f s: killing it",
+                               worker.pid, self.stop_grace)
+                self._signal(worker.pid, signal.SIGKILL)
+            elif nearest is None or worker.kill_at - now < nearest:
+                nearest = worker.kill_at - now
+        return nearest
 
     def kill_all(self) -> None:
         """SIGKILL every worker (a second stop request: no more waiting)."""
@@ -293,6 +324,7 @@ class Supervisor:
         """SIGTERM every worker, wait up to *graceful_timeout* (None: until they end),
         SIGKILL the rest, reap all."""
         self.target = 0
+        self._stopping_all = True
         for pid in list(self._workers):
             self._signal(pid, signal.SIGTERM)
         deadline = None if graceful_timeout is None else time.monotonic() + graceful_timeout
