@@ -29,6 +29,8 @@ import socket
 from asyncio import trsock
 from typing import Any
 
+from .stats import DROP_WARNING_INTERVAL
+
 logger = logging.getLogger("sockserve.aio")
 
 # Whatever the socket's own mode (a plain int: socket's MSG_* are slower IntFlags).
@@ -40,8 +42,6 @@ IGNORED_ERRNOS = frozenset({errno.ECONNREFUSED, errno.EHOSTUNREACH, errno.ENETUN
 # their writers at 64 KiB), and over all clients; past either, replies are dropped.
 CLIENT_BACKLOG = 64 * 1024
 REPLY_BACKLOG = 4 * 1024 * 1024
-# Dropped replies are logged at most this often.
-DROP_WARNING_INTERVAL = 10.0
 # A waiting reply is tried again after this long, doubling up to RETRY_MAX.
 RETRY_FIRST = 0.001
 RETRY_MAX = 0.05

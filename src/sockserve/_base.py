@@ -158,6 +158,7 @@ class BaseServer:
         Resource handling: a wake-up socketpair lives exactly as long as this call.
         """
         self._sockserve_check_settings()
+        self._sockserve_before_serving()
         self.__is_shut_down.clear()
         try:
             # A shutdown() that came before the loop started ends it before it touches
@@ -468,6 +469,7 @@ class BaseServer:
         Calls ``handle_timeout()`` if no request arrived in time.
         """
         self._sockserve_check_settings()
+        self._sockserve_before_serving()
         timeout = self.socket.gettimeout()
         if timeout is None:
             timeout = self.timeout
@@ -516,6 +518,9 @@ class BaseServer:
                 (not isinstance(size, int) or isinstance(size, bool) or size < 0):
             raise ValueError(f"{type(self).__name__}: max_packet_size must be a number of "
                              f"bytes (an int, 0 or more), not {size!r}")
+
+    def _sockserve_before_serving(self) -> None:
+        """Called as ``serve_forever()`` and ``handle_request()`` begin."""
 
     def _handle_request_noblock(self) -> None:
         """Accept one request and run it through verify_request → process_request.

@@ -124,4 +124,24 @@ class DatagramRequestHandler(BaseRequestHandler):
         self.wfile = io.BytesIO()
 
     def finish(self) -> None:
-        self.socket.sendto(self.wfile.getvalue(), self.client_address)
+        # A reply its client cannot take is dropped and counted by sockserve's
+        # servers, as a datagram may be lost, rather than raised with a traceback.
+        if not self.client_address and self._reply_dropped("the client has no address"):
+            return  # an unbound Unix client: nowhere to reply to
+        try:
+            self.socket.sendto(self.wfile.getvalue(), self.client_address)
+        except BlockingIOError:  # its queue stayed full for write_timeout (SO_SNDTIMEO)
+            if not self._reply_dropped("it does not read"):
+                raise
+        except (ConnectionRefusedError, FileNotFoundError):  # its socket is gone
+            if not self._reply_dropped("its socket is gone"):
+                raise
+
+    def _reply_dropped(self, reason: str) -> bool:
+        """Tell the server; False if it is not one of sockserve's (then the error is
+        the caller's, as in the stdlib)."""
+        dropped = getattr(self.server, "_sockserve_reply_dropped", None)
+        if dropped is None:
+            return False
+        dropped(self.client_address, reason)
+        return True

@@ -9,12 +9,15 @@ from __future__ import annotations
 import errno
 import logging
 import socket
+import struct
+import time
 from collections.abc import Collection
 from typing import Any
 
 from ._base import BaseServer, RequestDropped
 from ._listen import OwnedSocketFile, is_filesystem_path, remove_stale_socket_file
 from .address import make_listening
+from .stats import DROP_WARNING_INTERVAL
 
 logger = logging.getLogger("sockserve.server")
 
@@ -189,6 +192,29 @@ class UDPServer(TCPServer):
                            "dropped", client_addr, self.max_packet_size)
             raise RequestDropped(errno.EMSGSIZE, "oversized datagram dropped")
         return (data, listener), client_addr
+
+    _sockserve_drops_unlogged = 0  # replies dropped since the last warning
+    _sockserve_drop_logged_at = -DROP_WARNING_INTERVAL
+
+    def _sockserve_before_serving(self) -> None:
+        """Replies wait for room at most ``write_timeout`` (``SO_SNDTIMEO``; without
+        one, for ever, as the stdlib's do): a Unix datagram client that does not read
+        would otherwise hold the handler replying to it for ever."""
+        super()._sockserve_before_serving()
+        seconds = 0.0 if self.write_timeout is None else max(self.write_timeout, 1e-6)
+        timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
+        for sock in (self.socket, *self.extra_sockets):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+    def _sockserve_reply_dropped(self, client_address: Any, reason: str) -> None:
+        """A handler's reply could not be sent: counted, and logged now and then."""
+        self._sockserve_counters.replies_dropped += 1
+        self._sockserve_drops_unlogged += 1
+        now = time.monotonic()
+        if now - self._sockserve_drop_logged_at >= DROP_WARNING_INTERVAL:
+            logger.warning("%d datagram replies dropped; the last, to %s: %s",
+                           self._sockserve_drops_unlogged, client_address, reason)
+            self._sockserve_drop_logged_at, self._sockserve_drops_unlogged = now, 0
 
     def server_activate(self) -> None:
         """Datagram sockets do not listen()."""

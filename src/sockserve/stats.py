@@ -8,6 +8,10 @@ from .concurrency.pool import PoolStatistics
 from .concurrency.prefork import SupervisorStatistics
 
 
+# Dropped datagram replies are logged at most this often (with how many since).
+DROP_WARNING_INTERVAL = 10.0
+
+
 @dataclass(slots=True)
 class Counters:
     """Mutable counts kept by one server process (pre-forked workers keep their own)."""
@@ -18,7 +22,7 @@ class Counters:
     tls_failed: int = 0  # TLS handshakes that failed
     tls_timed_out: int = 0  # TLS handshakes that did not finish in handshake_timeout
     oversized: int = 0  # datagrams dropped for exceeding max_packet_size
-    replies_dropped: int = 0  # async datagram replies past REPLY_BACKLOG (_aio_replies)
+    replies_dropped: int = 0  # datagram replies their client could not take (see docs)
 
 
 @dataclass(frozen=True)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import stat
+import threading
+
+from collections.abc import Iterator
 
 import pytest
 
 import sockserve
 from sockserve.testing import serve_in_thread
-from tests.helpers import IO_TIMEOUT, connect, recv_all
+from tests.helpers import IO_TIMEOUT, connect, fill_datagram_queue, recv_all, wait_for
 
 
 class Echo(sockserve.StreamRequestHandler):
@@ -113,3 +117,67 @@ def test_every_tcp_server_class_has_its_unix_stream_twin() -> None:
         twin = name.replace("TCPServer", "UnixStreamServer")
         assert twin in sockserve.__all__, twin
         assert issubclass(getattr(sockserve, twin), sockserve.UnixStreamServer)
+
+
+class UpperDatagram(sockserve.DatagramRequestHandler):
+    """Replies in upper case; to b"wait", once the server's ``release`` is set."""
+
+    def handle(self) -> None:
+        if self.packet == b"wait":
+            assert self.server.release.wait(IO_TIMEOUT)
+        self.wfile.write(self.packet.upper())
+
+
+@pytest.fixture
+def datagram_server(unix_path: str) -> Iterator[sockserve.UnixDatagramServer]:
+    """A serial Unix datagram server whose replies wait at most 0.2 s for room."""
+    server_class = type("Server", (sockserve.UnixDatagramServer,),
+                        {"write_timeout": 0.2, "release": threading.Event()})
+    with serve_in_thread(server_class(unix_path, UpperDatagram)) as server:
+        yield server
+
+
+def bound_client(path: str) -> socket.socket:
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    client.bind(path)
+    client.settimeout(IO_TIMEOUT)
+    return client
+
+
+def test_a_reply_to_a_datagram_client_that_does_not_read_waits_write_timeout_then_drops(
+        datagram_server: sockserve.UnixDatagramServer, unix_path: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    # Its receive queue is full: the reply waits for room as long as write_timeout
+    # allows, is dropped and counted, and the server serves the others.  (Without a
+    # write_timeout it waits for ever, as the stdlib's does.)
+    with bound_client(unix_path + ".s") as sleeper, bound_client(unix_path + ".a") as asker:
+        fill_datagram_queue(unix_path + ".s")
+        sleeper.sendto(b"hello", unix_path)
+        wait_for(lambda: datagram_server.statistics().replies_dropped == 1, what="the drop")
+        asker.sendto(b"ask", unix_path)
+        assert asker.recv(100) == b"ASK"
+    for name in (".s", ".a"):
+        os.unlink(unix_path + name)
+    assert [r.levelno for r in caplog.records if "dropped" in r.getMessage()] == \
+        [logging.WARNING]
+    assert not [r for r in caplog.records if r.exc_info]
+
+
+@pytest.mark.parametrize("gone", ["closed", "unbound"])
+def test_a_reply_to_a_datagram_client_that_cannot_get_it_is_dropped_without_a_traceback(
+        datagram_server: sockserve.UnixDatagramServer, unix_path: str, gone: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    with bound_client(unix_path + ".a") as asker:
+        if gone == "closed":
+            with bound_client(unix_path + ".c") as client:
+                client.sendto(b"wait", unix_path)
+            os.unlink(unix_path + ".c")  # its reply has nowhere to go
+            datagram_server.release.set()  # type: ignore[attr-defined]
+        else:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+                client.sendto(b"no address", unix_path)  # unbound: nowhere to reply to
+        wait_for(lambda: datagram_server.statistics().replies_dropped == 1, what="the drop")
+        asker.sendto(b"ask", unix_path)
+        assert asker.recv(100) == b"ASK"
+    os.unlink(unix_path + ".a")
+    assert not [r for r in caplog.records if r.exc_info]
