@@ -49,6 +49,10 @@ _DATAGRAM_FINISH = AsyncDatagramRequestHandler.finish
 
 # The server options DatagramServing copies (read_options()).
 DATAGRAM_OPTIONS = frozenset({"max_packet_size", "unmap_ipv4_clients", "access_list"})
+# The longest datagram the loops are sure to read whole: asyncio reads 256 KiB of one,
+# uvloop 256,000 bytes, and neither says when a longer one was cut (a Unix datagram
+# may be).  One that fills this much counts as longer than max_packet_size.
+LOOP_READ_LIMIT = 256_000
 
 # Workers take their context argument from Python 3.11 on (see above).
 WORKERS = sys.version_info >= (3, 11)
@@ -107,7 +111,7 @@ class DatagramServing(asyncio.DatagramProtocol):
     def read_options(self) -> None:
         """Copy the options every datagram is checked against (any thread may call)."""
         server = self.server
-        self.max_size: int = server.max_packet_size
+        self.max_size: int = min(server.max_packet_size, LOOP_READ_LIMIT - 1)
         self.screened = bool(server.unmap_ipv4_clients or server.access_list is not None
                              or self.serving.verify_request is not None)
 
@@ -131,7 +135,7 @@ class DatagramServing(asyncio.DatagramProtocol):
     def _screen(self, data: bytes, addr: Any, transport: ReplyTransport) -> None:
         """datagram_received() with a rule to apply."""
         serving, server = self.serving, self.server
-        if len(data) > server.max_packet_size:
+        if len(data) > min(server.max_packet_size, LOOP_READ_LIMIT - 1):
             packet = oversized(server, data, addr)
             if packet is None:
                 return

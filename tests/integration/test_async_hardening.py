@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import select
 import signal
 import socket
@@ -207,6 +208,29 @@ def test_datagram_size_limit_truncates_or_drops(loop_name: LoopName) -> None:
         client.sendto(b"x" * 100, server.server_address)
         assert client.recv(10) == b"100"
     assert server.statistics().oversized == 1
+
+
+def test_a_unix_datagram_longer_than_the_loop_reads_whole_counts_as_oversized(
+        loop_name: LoopName, unix_path: str) -> None:
+    # The loops read at most 256,000 bytes of a datagram and do not say when one was
+    # longer: one that fills that much may have been cut, so it is never handed over
+    # as if whole under drop_oversized_packets.
+    class Length(aio.AsyncDatagramRequestHandler):
+        async def handle(self) -> None:
+            self.send(b"%d" % len(self.packet))
+
+    server = aio.AsyncUnixDatagramServer(unix_path, Length, loop_factory=loop_name)
+    server.max_packet_size = 400_000
+    server.drop_oversized_packets = True
+    with serve_in_thread(server), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as client:
+        client.bind(unix_path + ".c")
+        client.settimeout(IO_TIMEOUT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        client.sendto(b"z" * 300_000, unix_path)
+        client.sendto(b"z" * 200_000, unix_path)
+        assert client.recv(100) == b"200000"
+        assert server.statistics().oversized == 1
+    os.unlink(unix_path + ".c")
 
 
 # -- connection limits --------------------------------------------------------------
