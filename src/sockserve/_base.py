@@ -309,8 +309,8 @@ class BaseServer:
             How many connections were open, finished and cut.
         """
         counts_before = self._sockserve_connections.counts()
-        logger.info("draining %s: %d connections open, deadline %s s", self.server_address,
-                    len(self._sockserve_connections), timeout)
+        logger.info("draining %s: %s, deadline %s s", self.server_address,
+                    self._sockserve_what_drains(), timeout)
         self.__accept_backlog_on_stop = backlog
         self._sockserve_set_drain_deadline(timeout)  # before the loop can stop
         # Before draining is set: a handler that sees it and returns must find the loop
@@ -332,6 +332,10 @@ class BaseServer:
             if cut_at_deadline is not None:
                 cut_at_deadline.cancel()
         return self._sockserve_finish_connections(timeout, counts_before)
+
+    def _sockserve_what_drains(self) -> str:
+        """What a drain beginning now waits for, for its log line."""
+        return f"{len(self._sockserve_connections)} connections open"
 
     def _sockserve_begin_drain(self, timeout: float | None) -> None:
         """Set ``draining`` and the drain's deadline (unless a drain already set one),

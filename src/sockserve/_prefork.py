@@ -558,6 +558,11 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
                     report.finished, report.cut)
         return report
 
+    def _sockserve_what_drains(self) -> str:
+        if self.in_worker:
+            return super()._sockserve_what_drains()
+        return f"{len(self.worker_pids())} workers and their connections"
+
     def shutdown(self) -> None:
         """Stop the whole server; from a worker's handler too (it tells the supervisor)."""
         if self._supervisor_waker is not None:

@@ -413,8 +413,11 @@ class AsyncMixIn(_ServerBase):
     def _aio_start_drain(self, serving: Serving | None, timeout: float | None) -> int:
         """Log; returns the count the report starts from (connections closed so far)."""
         released = serving.released if serving is not None else 0
-        logger.info("draining %s: %d connections open, deadline %s s", self.server_address,
-                    serving.admitted if serving is not None else 0, timeout)
+        open_now = serving.open_now() if serving is not None else 0
+        what = "handlers running" if serving is not None and serving.endpoints \
+            else "connections open"
+        logger.info("draining %s: %d %s, deadline %s s", self.server_address, open_now,
+                    what, timeout)
         self._aio_shutdown_request = True  # a serve() about to start returns at once
         return released
 

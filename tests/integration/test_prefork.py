@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import signal
 import socket
@@ -453,19 +454,24 @@ def test_every_listening_socket_is_non_blocking_while_workers_serve() -> None:
         assert int(ask(server.server_addresses[1])) in server.worker_pids()
 
 
-def test_drain_reaches_the_workers_and_reports_their_connections() -> None:
+def test_drain_reaches_the_workers_and_reports_their_connections(
+        caplog: pytest.LogCaptureFixture) -> None:
     class Hold(sockserve.StreamRequestHandler):
         def handle(self) -> None:
             self.wfile.write(b"held\n")
             self.rfile.read()  # until the client closes or the drain cuts it
 
-    with serve_in_thread(prefork(Hold, workers=1, graceful_timeout=60.0)) as server:
+    with serve_in_thread(prefork(Hold, workers=1, graceful_timeout=60.0)) as server, \
+            caplog.at_level(logging.INFO, logger="sockserve.server"):
         with connect(server.server_address) as client:
             assert client.recv(100) == b"held\n"
             report = server.drain(0.2)  # not graceful_timeout: the workers cut at 0.2 s
             assert recv_all(client) == b""
     assert report == DrainReport(open=1, finished=0, cut=1)
     assert workers(server).crashed == 0
+    # The supervisor's own log line: it has no connections, its workers do.
+    assert any(r.getMessage().endswith(": 1 workers and their connections, deadline 0.2 s")
+               for r in caplog.records)
 
 
 @pytest.mark.parametrize("mixin", [sockserve.ThreadPoolMixIn, sockserve.ThreadingMixIn])
