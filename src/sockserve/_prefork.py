@@ -54,17 +54,18 @@ def _not_for_workers(signum: int, frame: object) -> None:
     """A worker's handler for SUPERVISOR_SIGNALS: nothing to do."""
 
 
-# In a worker: the signal handlers it replaced.  A process its handlers fork gets them
-# back, and no wake-up socket: its signals are its own, not stop requests for the
-# worker (as the runner does for the processes forked under it).  They stay blocked
-# across the fork, so one sent at once waits for the child's own handlers.
-_worker_signals: dict[int, Any] | None = None
+# In a worker: the signals it handles.  A process its handlers fork gets a fresh
+# Python process's handlers for them back, and no wake-up socket: its signals are its
+# own, neither stop requests for the worker nor the supervisor's handlers (which may
+# stop the whole server).  They stay blocked across the fork, so one sent at once waits
+# for the child's own handlers.
+_worker_signals: frozenset[int] | None = None
 _forking = threading.local()  # the forking thread's signal mask before the fork
 
 
 def _before_fork() -> None:
     if _worker_signals is not None:
-        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, set(_worker_signals))
+        _forking.mask = signal.pthread_sigmask(signal.SIG_BLOCK, _worker_signals)
 
 
 def _after_fork_in_parent() -> None:
@@ -78,11 +79,12 @@ def _after_fork_in_child() -> None:
     global _worker_signals
     if _worker_signals is None:
         return
-    previous, _worker_signals = _worker_signals, None
+    handled, _worker_signals = _worker_signals, None
     try:
         signal.set_wakeup_fd(-1)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        for signum in handled:
+            signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT
+                          else signal.SIG_DFL)
     except ValueError:  # not this interpreter's main thread: nothing it can change
         pass
     _after_fork_in_parent()  # the mask as it was (in the forking thread's copy)
@@ -293,10 +295,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
         deadline themselves (``graceful_timeout`` or the drain's), then cancel their
         handlers and close their connections, each step bounded: they get that long
         more to exit."""
-        margin = DRAIN_EXIT_MARGIN
-        if self._event_loop_class is not None:
-            from ._aio_serving import CANCEL_TIMEOUT, CLOSE_TIMEOUT  # asyncio is loaded
-            margin += CANCEL_TIMEOUT + 2 * CLOSE_TIMEOUT  # close(): abort, then wait again
+        margin = self._drain_exit_margin()
         if not self._draining_workers:
             if self._event_loop_class is not None:
                 return self.graceful_timeout + margin
@@ -305,12 +304,20 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             return None
         return max(self.graceful_timeout, self._drain_for + margin)
 
+    def _drain_exit_margin(self) -> float:
+        """How long a worker may take to exit after its drain's deadline."""
+        margin = DRAIN_EXIT_MARGIN
+        if self._event_loop_class is not None:
+            from ._aio_serving import CANCEL_TIMEOUT, CLOSE_TIMEOUT  # asyncio is loaded
+            margin += CANCEL_TIMEOUT + 2 * CLOSE_TIMEOUT  # close(): abort, then wait again
+        return margin
+
     def _replaced_worker_grace(self) -> float | None:
         """How long a worker replaced, removed or recycled while serving may take to
         stop: as long as at shutdown, and its own ``drain_timeout`` plus the margin."""
         grace = self._stop_timeout()
         if grace is not None and self.drain_timeout is not None:
-            grace = max(grace, self.drain_timeout + DRAIN_EXIT_MARGIN)
+            grace = max(grace, self.drain_timeout + self._drain_exit_margin())
         return grace
 
     def _choose_cpu(self, taken: list[int | None]) -> int | None:
@@ -332,8 +339,7 @@ class PreForkMixIn(_ConcurrencyMixIn, _SocketServer):
             # SIGTERM from the supervisor: stop accepting, finish in-flight requests.
             # The handler only sets a flag and wakes the loop (it runs on this thread).
             global _worker_signals
-            _worker_signals = {signum: signal.getsignal(signum) for signum in
-                               (signal.SIGTERM, signal.SIGINT, *SUPERVISOR_SIGNALS)}
+            _worker_signals = frozenset({signal.SIGTERM, signal.SIGINT, *SUPERVISOR_SIGNALS})
             signal.signal(signal.SIGTERM, self._on_sigterm)
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the supervisor's
             for signum in SUPERVISOR_SIGNALS:  # so are these (the runner's): not acted on

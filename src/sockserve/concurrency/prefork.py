@@ -125,7 +125,6 @@ class Supervisor:
         # How long a worker asked to stop (replaced, surplus, retired) may take before
         # it is killed; None: for ever.  The server keeps it up to date.
         self.stop_grace: float | None = None
-        self._stopping_all = False  # stop(): every exit from now on was asked for
 
     # -- running ---------------------------------------------------------------------
 
@@ -222,19 +221,16 @@ class Supervisor:
     def _account(self, worker: _Worker, status: int | None) -> None:
         lived = time.monotonic() - worker.started
         code = None if status is None else os.waitstatus_to_exitcode(status)
-        asked = worker.stopping or self._stopping_all
-        if code == 0 and asked:
+        if code == 0:
             self._exited += 1
             logger.info("worker %d exited after %.1f s", worker.pid, lived)
         else:
-            # A clean exit nobody asked for (a handler's os._exit(0)) is no recycling.
             self._crashed += 1
             how = ("ended, reaped by someone else" if code is None
                    else f"killed by signal {-code}" if code < 0
-                   else f"exited with status {code}" if code
-                   else "exited unasked")
+                   else f"exited with status {code}")
             logger.warning("worker %d %s after %.1f s", worker.pid, how, lived)
-        if (code != 0 or not asked) and lived < QUICK_DEATH:
+        if code != 0 and lived < QUICK_DEATH:
             self._back_off()
         else:
             self._respawn_delay = 0.0
@@ -324,7 +320,6 @@ class Supervisor:
         """SIGTERM every worker, wait up to *graceful_timeout* (None: until they end),
         SIGKILL the rest, reap all."""
         self.target = 0
-        self._stopping_all = True
         for pid in list(self._workers):
             self._signal(pid, signal.SIGTERM)
         deadline = None if graceful_timeout is None else time.monotonic() + graceful_timeout
