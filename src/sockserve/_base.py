@@ -158,13 +158,13 @@ class BaseServer:
         Resource handling: a wake-up socketpair lives exactly as long as this call.
         """
         self._sockserve_check_settings()
-        self._sockserve_before_serving()
         self.__is_shut_down.clear()
         try:
             # A shutdown() that came before the loop started ends it before it touches
             # the socket, which the caller may already have closed.
             if self.__shutdown_request:
                 return
+            self._sockserve_before_serving()
             self.draining.clear()  # from an earlier drain()
             self.__waker = waker = Waker()
             self.__loop_owner = (os.getpid(), threading.get_ident())

@@ -197,11 +197,15 @@ class UDPServer(TCPServer):
     _sockserve_drop_logged_at = -DROP_WARNING_INTERVAL
 
     def _sockserve_before_serving(self) -> None:
-        """Replies wait for room at most ``write_timeout`` (``SO_SNDTIMEO``; without
-        one, for ever, as the stdlib's do): a Unix datagram client that does not read
-        would otherwise hold the handler replying to it for ever."""
+        """With a ``write_timeout``, replies wait for room at most that long
+        (``SO_SNDTIMEO``): a Unix datagram client that does not read would otherwise
+        hold the handler replying to it for ever.  Without one the socket is left as
+        it is (its replies wait for ever, as the stdlib's do, unless the application
+        set the option itself)."""
         super()._sockserve_before_serving()
-        seconds = 0.0 if self.write_timeout is None else max(self.write_timeout, 1e-6)
+        if self.write_timeout is None:
+            return
+        seconds = max(self.write_timeout, 1e-6)  # 0 would mean "no limit"
         timeval = struct.pack("ll", int(seconds), int(seconds % 1 * 1_000_000))
         for sock in (self.socket, *self.extra_sockets):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)

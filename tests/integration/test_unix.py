@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import stat
+import struct
 import threading
 
 from collections.abc import Iterator
@@ -181,3 +182,26 @@ def test_a_reply_to_a_datagram_client_that_cannot_get_it_is_dropped_without_a_tr
         assert asker.recv(100) == b"ASK"
     os.unlink(unix_path + ".a")
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_a_datagram_server_without_write_timeout_leaves_the_sockets_send_timeout_alone(
+        unix_path: str) -> None:
+    # The stdlib keeps what the application set (in server_bind(), say); and a socket
+    # shared with a server that has a write_timeout keeps that one's.
+    class OwnTimeout(sockserve.UnixDatagramServer):
+        def server_bind(self) -> None:
+            super().server_bind()
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO,
+                                   struct.pack("ll", 2, 0))
+
+    with serve_in_thread(OwnTimeout(unix_path, UpperDatagram)) as server:
+        assert struct.unpack("ll", server.socket.getsockopt(
+            socket.SOL_SOCKET, socket.SO_SNDTIMEO, 16)) == (2, 0)
+
+
+def test_serving_a_datagram_server_already_shut_down_and_closed_returns(unix_path: str) -> None:
+    server = type("Server", (sockserve.UnixDatagramServer,), {"write_timeout": 1.0})(
+        unix_path, UpperDatagram)
+    server.shutdown()
+    server.server_close()
+    server.serve_forever()  # returns at once, touching no socket (as TCP servers do)
