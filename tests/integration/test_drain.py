@@ -72,29 +72,12 @@ def test_stuck_handlers_are_cut_at_the_deadline() -> None:
     assert report == DrainReport(open=1, finished=0, cut=1)
 
 
-def test_a_serial_server_busy_in_a_stuck_handler_is_cut_at_the_deadline() -> None:
+@pytest.mark.parametrize("backlog", [False, True])
+def test_a_serial_server_busy_in_a_stuck_handler_is_cut_at_the_deadline(backlog: bool) -> None:
     # Its loop is the handler: it cannot stop before the connection ends, so the
-    # deadline must reach the connection while the drain waits for the loop.
-    server = sockserve.TCPServer(("127.0.0.1", 0), TwoLines)
-    loop = serve(server)
-    try:
-        with connect(server.server_address) as client:
-            client.sendall(b"one\n")
-            assert client.makefile("rb").readline() == b"started\n"
-            drainer, reports = drain_in_thread(server, 0.2)
-            assert recv_all(client) == b""  # cut: the handler saw EOF and ended
-            drainer.join(IO_TIMEOUT)
-            loop.join(IO_TIMEOUT)
-            assert not loop.is_alive()
-    finally:
-        server.server_close()
-    assert reports == [DrainReport(open=1, finished=0, cut=1)]
-
-
-def test_a_serial_server_cuts_what_it_takes_from_the_backlog_after_the_deadline() -> None:
-    # Its loop takes the backlog only once the handler it is busy in has been cut:
-    # past the deadline, so what it takes then is cut at once, or a silent client
-    # there would hold the drain for ever.
+    # deadline must reach the connection while the drain waits for the loop.  With
+    # backlog=True the loop then takes the backlog, past the deadline: a silent client
+    # there is cut at once, or it would hold the drain for ever.
     server = sockserve.TCPServer(("127.0.0.1", 0), TwoLines)
     loop = serve(server)
     try:
@@ -102,15 +85,17 @@ def test_a_serial_server_cuts_what_it_takes_from_the_backlog_after_the_deadline(
                 connect(server.server_address) as waiting:  # in the backlog, silent
             busy.sendall(b"one\n")
             assert busy.makefile("rb").readline() == b"started\n"
-            drainer, reports = drain_in_thread(server, 0.2, backlog=True)
-            assert recv_all(busy) == b""
-            assert recv_all(waiting) == b""
+            drainer, reports = drain_in_thread(server, 0.2, backlog=backlog)
+            assert recv_all(busy) == b""  # cut: the handler saw EOF and ended
+            if backlog:
+                assert recv_all(waiting) == b""
             drainer.join(IO_TIMEOUT)
             loop.join(IO_TIMEOUT)
             assert not loop.is_alive()
     finally:
         server.server_close()
-    assert reports == [DrainReport(open=2, finished=0, cut=2)]
+    expected = 2 if backlog else 1
+    assert reports == [DrainReport(open=expected, finished=0, cut=expected)]
 
 
 def test_server_close_with_drain_timeout_does_not_hang_on_idle_clients() -> None:

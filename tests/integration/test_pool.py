@@ -160,17 +160,20 @@ def test_reject_policy_answers_busy_and_counts(busy_reply: bytes | None,
             assert recv_all(first) == b"first\n"
 
 
-def test_reject_policy_for_datagrams() -> None:
-    release = threading.Event()
-
-    class Slow(sockserve.DatagramRequestHandler):
+def held_datagram_echo(release: threading.Event) -> type[sockserve.DatagramRequestHandler]:
+    """Echoes each datagram; b"hold" only once *release* is set."""
+    class Hold(sockserve.DatagramRequestHandler):
         def handle(self) -> None:
             if self.packet == b"hold":
                 assert release.wait(IO_TIMEOUT)
             self.wfile.write(self.packet)
+    return Hold
 
-    server = pool_server(Slow, server_class=sockserve.ThreadPoolUDPServer, max_workers=1,
-                         max_queue=0, overload="reject", busy_reply=b"busy")
+
+def test_reject_policy_for_datagrams() -> None:
+    release = threading.Event()
+    server = pool_server(held_datagram_echo(release), server_class=sockserve.ThreadPoolUDPServer,
+                         max_workers=1, max_queue=0, overload="reject", busy_reply=b"busy")
     with serve_in_thread(server):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.settimeout(IO_TIMEOUT)
@@ -186,14 +189,8 @@ def test_a_busy_reply_to_a_datagram_client_that_does_not_read_never_blocks_the_l
         unix_path: str) -> None:
     # Its receive queue is full: the busy reply is dropped, and the loop serves on.
     release = threading.Event()
-
-    class Hold(sockserve.DatagramRequestHandler):
-        def handle(self) -> None:
-            if self.packet == b"hold":
-                assert release.wait(IO_TIMEOUT)
-            self.wfile.write(self.packet)
-
-    server = pool_server(Hold, server_class=sockserve.ThreadPoolUnixDatagramServer,
+    server = pool_server(held_datagram_echo(release),
+                         server_class=sockserve.ThreadPoolUnixDatagramServer,
                          address=unix_path, max_workers=1, max_queue=0, overload="reject",
                          busy_reply=b"busy")
     with serve_in_thread(server), \
